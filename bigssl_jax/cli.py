@@ -1,0 +1,80 @@
+"""The `bigssl` console script: one entry point, one subcommand per stage.
+
+    bigssl <command> [--gin_file=F ...] [--gin_bindings=B ...] [--model_dir=D] [flags]
+
+Each command lives in `bigssl_jax/commands/<name>.py`, is imported only when chosen
+(so `bigssl make-corpus` does not pay for JAX or TensorFlow), defines its own absl
+flags, and exposes `main(argv)`. Gin files and bindings are parsed before `main`
+runs; a gin error is one line on stderr and exit code 2.
+"""
+
+import importlib
+import sys
+
+from absl import app, flags
+
+from bigssl_jax import gin_utils
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "pipeline": ("bigssl_jax.commands.pipeline", "Run the main job end to end on a preset."),
+    "make-corpus": ("bigssl_jax.commands.make_corpus", "Synthesise the embedded speech corpus."),
+    "prepare": ("bigssl_jax.commands.prepare", "Turn audio + transcripts into TFRecord shards."),
+    "vocab": ("bigssl_jax.commands.vocab", "Train a sentencepiece vocabulary on a corpus."),
+    "show-batches": ("bigssl_jax.commands.show_batches", "Print batches of a seqio task."),
+    "params": ("bigssl_jax.commands.params", "Count a model config's parameters."),
+}
+
+_GIN_FILE = flags.DEFINE_multi_string(
+    "gin_file", [], "Gin file to parse (repeatable); also searched under the repo's gin/.")
+_GIN_BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", [], "Gin binding such as 'EncoderConfig.num_layers = 4' (repeatable).")
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Run directory: checkpoints, summaries and the operative gin config.")
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: bigssl <command> [flags]  (bigssl <command> --help for its flags)", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _with_gin(command_main):
+    """Wraps a command's main: parse gin, save the config, run, save the operative config."""
+
+    def run(argv):
+        from bigssl_jax import configurables  # noqa: F401  (registers every configurable)
+
+        try:
+            gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value)
+        except gin_utils.GinConfigError as error:
+            print(f"bigssl: gin error: {error}", file=sys.stderr)
+            return 2
+        if _MODEL_DIR.value:
+            gin_utils.write_config(_MODEL_DIR.value)
+        status = command_main(argv)
+        if _MODEL_DIR.value:
+            gin_utils.write_operative_config(_MODEL_DIR.value)
+        return status
+
+    return run
+
+
+def main(argv=None) -> None:
+    """Dispatches `bigssl <command> ...` to the command's module."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(_usage())
+        sys.exit(0 if len(argv) >= 2 else 2)
+    name = argv[1]
+    if name not in COMMANDS:
+        print(f"bigssl: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(COMMANDS[name][0])
+    app.run(_with_gin(module.main), argv=[f"bigssl {name}", *argv[2:]])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Gin at the seams: parse files and bindings with one-line errors, save the config.
+
+Library code never reads gin. Entry points (`bigssl <command>`) call `parse` once,
+after `bigssl_jax.configurables` has registered every configurable, and
+`write_config` / `write_operative_config` to leave the config beside the run.
+
+Gin files are looked up as given, then relative to the repository's `gin/` folder
+(so `--gin_file=models/L.gin` works from any directory), then under each folder of
+`$BIGSSL_GIN_PATH` (colon-separated).
+"""
+
+import os
+import pathlib
+import re
+import tokenize
+from collections.abc import Sequence
+
+import gin
+
+from bigssl_jax import paths
+
+
+class GinConfigError(ValueError):
+    """A gin file or binding could not be parsed; the message is one line."""
+
+
+def search_path() -> list[pathlib.Path]:
+    """Folders searched for a relative `--gin_file`, in order."""
+    extra = [pathlib.Path(p) for p in os.environ.get("BIGSSL_GIN_PATH", "").split(":") if p]
+    return [pathlib.Path.cwd(), paths.GIN_DIR, *extra]
+
+
+def resolve_gin_file(name: str) -> pathlib.Path:
+    """Finds a gin file by name; raises GinConfigError naming the folders searched."""
+    path = pathlib.Path(name)
+    if path.is_absolute():
+        if path.is_file():
+            return path
+        raise GinConfigError(f"gin file not found: {name}")
+    for folder in search_path():
+        candidate = folder / path
+        if candidate.is_file():
+            return candidate
+    searched = ", ".join(str(f) for f in search_path())
+    raise GinConfigError(f"gin file not found: {name} (searched {searched})")
+
+
+def _one_line(error: Exception) -> str:
+    """Folds gin's multi-line message ('msg\\n  In file "f", line 3\\n    text') into one line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    message, rest = lines[0], lines[1:]
+    where = next((line for line in rest if line.startswith("In ")), None)
+    binding = next((line for line in rest if not line.startswith("In ") and line != "^"), None)
+    parts = [message.rstrip(".")]
+    if where:
+        parts.append(where[0].lower() + where[1:])
+    if binding:
+        parts.append(f"binding: {binding}")
+    return "; ".join(parts)
+
+
+def parse(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> None:
+    """Parses gin files (in order, with includes) and then bindings.
+
+    Args:
+      gin_files: file names, resolved with `resolve_gin_file`.
+      gin_bindings: binding strings such as `EncoderConfig.num_layers = 4`.
+
+    Raises:
+      GinConfigError: one line naming the file (or "bindings") and the offending binding.
+    """
+    for folder in search_path():
+        gin.add_config_file_search_path(str(folder))
+    for name in gin_files:
+        path = resolve_gin_file(name)
+        try:
+            gin.parse_config_file(str(path))
+        except (ValueError, SyntaxError, tokenize.TokenError, KeyError, TypeError) as error:
+            message = _one_line(error)
+            if str(path) not in message:
+                message = f"{message} (in {path})"
+            raise GinConfigError(message) from error
+        except OSError as error:
+            raise GinConfigError(f"{error} (included from {path})") from error
+    for binding in gin_bindings:
+        try:
+            gin.parse_config(binding)
+        except (ValueError, SyntaxError, tokenize.TokenError, KeyError, TypeError) as error:
+            message = _one_line(error)
+            if binding.strip() not in message:
+                message = f"{message}; binding: {binding.strip()}"
+            raise GinConfigError(re.sub(r"in bindings string line \d+", "in --gin_bindings",
+                                        message)) from error
+
+
+def write_config(model_dir: os.PathLike, name: str = "config.gin") -> pathlib.Path:
+    """Writes every parsed binding (what the user asked for) to `model_dir/name`."""
+    return _write(model_dir, name, gin.config_str())
+
+
+def write_operative_config(model_dir: os.PathLike,
+                           name: str = "operative_config.gin") -> pathlib.Path:
+    """Writes the bindings that were actually used (gin's operative config)."""
+    return _write(model_dir, name, gin.operative_config_str())
+
+
+def _write(model_dir: os.PathLike, name: str, text: str) -> pathlib.Path:
+    model_dir = pathlib.Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / name
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

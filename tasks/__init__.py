@@ -1,0 +1,1 @@
+"""seqio tasks of bigssl_jax (installed as `bigssl_tasks`)."""
