@@ -9,6 +9,8 @@ Gin files are looked up as given, then relative to the repository's `gin/` folde
 `$BIGSSL_GIN_PATH` (colon-separated).
 """
 
+import contextlib
+import logging
 import os
 import pathlib
 import re
@@ -61,6 +63,21 @@ def _one_line(error: Exception) -> str:
     return "; ".join(parts)
 
 
+@contextlib.contextmanager
+def _quiet_gin_search():
+    """Silences gin's per-folder 'Path not found' log lines while it searches for includes."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+_ADDED_SEARCH_PATHS: set[str] = set()
+
+
 def parse(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> None:
     """Parses gin files (in order, with includes) and then bindings.
 
@@ -72,18 +89,21 @@ def parse(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> No
       GinConfigError: one line naming the file (or "bindings") and the offending binding.
     """
     for folder in search_path():
-        gin.add_config_file_search_path(str(folder))
+        if str(folder) not in _ADDED_SEARCH_PATHS:
+            gin.add_config_file_search_path(str(folder))
+            _ADDED_SEARCH_PATHS.add(str(folder))
     for name in gin_files:
         path = resolve_gin_file(name)
         try:
-            gin.parse_config_file(str(path))
+            with _quiet_gin_search():
+                gin.parse_config_file(str(path))
         except (ValueError, SyntaxError, tokenize.TokenError, KeyError, TypeError) as error:
             message = _one_line(error)
             if str(path) not in message:
                 message = f"{message} (in {path})"
             raise GinConfigError(message) from error
         except OSError as error:
-            raise GinConfigError(f"{error} (included from {path})") from error
+            raise GinConfigError(f"{_one_line(error)} (included from {path})") from error
     for binding in gin_bindings:
         try:
             gin.parse_config(binding)
