@@ -62,7 +62,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["bigssl_jax", "bigssl_jax.*"])
     + ["bigssl_tasks"],
     package_dir={"bigssl_tasks": "tasks"},
-    package_data={"bigssl_jax": ["data/sentences/*.txt"]},
+    package_data={"bigssl_jax": ["data/sentence_lists/*.txt", "data/sentence_lists/README.md"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["bigssl = bigssl_jax.cli:main"]},

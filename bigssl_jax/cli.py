@@ -45,13 +45,15 @@ def _with_gin(command_main):
     """Wraps a command's main: parse gin, save the config, run, save the operative config."""
 
     def run(argv):
-        from bigssl_jax import configurables  # noqa: F401  (registers every configurable)
+        if _GIN_FILE.value or _GIN_BINDINGS.value:
+            # Registering every configurable imports JAX; commands given no gin skip it.
+            from bigssl_jax import configurables  # noqa: F401
 
-        try:
-            gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value)
-        except gin_utils.GinConfigError as error:
-            print(f"bigssl: gin error: {error}", file=sys.stderr)
-            return 2
+            try:
+                gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value)
+            except gin_utils.GinConfigError as error:
+                print(f"bigssl: gin error: {error}", file=sys.stderr)
+                return 2
         if _MODEL_DIR.value:
             gin_utils.write_config(_MODEL_DIR.value)
         status = command_main(argv)
@@ -73,6 +75,7 @@ def main(argv=None) -> None:
         print(f"bigssl: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(COMMANDS[name][0])
+    flags.adopt_module_key_flags(module)  # `bigssl <command> --help` lists the command's flags
     app.run(_with_gin(module.main), argv=[f"bigssl {name}", *argv[2:]])
 
 
