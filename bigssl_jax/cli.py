@@ -75,7 +75,11 @@ def main(argv=None) -> None:
         print(f"bigssl: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(COMMANDS[name][0])
-    flags.adopt_module_key_flags(module)  # `bigssl <command> --help` lists the command's flags
+    # absl's --help lists the key flags of the module named by sys.argv[0]: make those the
+    # command's own flags and the common ones.
+    for flag in [*flags.FLAGS.get_key_flags_for_module(module),
+                 *flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])]:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(_with_gin(module.main), argv=[f"bigssl {name}", *argv[2:]])
 
 
