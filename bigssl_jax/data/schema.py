@@ -33,7 +33,7 @@ def audio_to_pcm16(audio: np.ndarray) -> bytes:
     audio = np.asarray(audio)
     if audio.dtype == np.int16:
         return audio.astype("<i2").tobytes()
-    scaled = np.clip(np.round(audio.astype(np.float64) * 32767.0), -32768, 32767)
+    scaled = np.clip(np.round(audio.astype(np.float64) * 32768.0), -32768, 32767)
     return scaled.astype("<i2").tobytes()
 
 
