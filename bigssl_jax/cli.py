@@ -14,6 +14,7 @@ import sys
 from absl import app, flags
 
 from bigssl_jax import gin_utils
+from bigssl_jax.commands import common_flags
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -23,20 +24,20 @@ COMMANDS = {
     "vocab": ("bigssl_jax.commands.vocab", "Train a sentencepiece vocabulary on a corpus."),
     "show-batches": ("bigssl_jax.commands.show_batches", "Print batches of a seqio task."),
     "params": ("bigssl_jax.commands.params", "Count a model config's parameters."),
+    "compile": (
+        "bigssl_jax.commands.compile",
+        "Compile a train step for a TPU topology ahead of time.",
+    ),
 }
-
-_GIN_FILE = flags.DEFINE_multi_string(
-    "gin_file", [], "Gin file to parse (repeatable); also searched under the repo's gin/.")
-_GIN_BINDINGS = flags.DEFINE_multi_string(
-    "gin_bindings", [], "Gin binding such as 'EncoderConfig.num_layers = 4' (repeatable).")
-_MODEL_DIR = flags.DEFINE_string(
-    "model_dir", None, "Run directory: checkpoints, summaries and the operative gin config.")
 
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: bigssl <command> [flags]  (bigssl <command> --help for its flags)", "",
-             "commands:"]
+    lines = [
+        "usage: bigssl <command> [flags]  (bigssl <command> --help for its flags)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -45,20 +46,20 @@ def _with_gin(command_main):
     """Wraps a command's main: parse gin, save the config, run, save the operative config."""
 
     def run(argv):
-        if _GIN_FILE.value or _GIN_BINDINGS.value:
+        if common_flags.GIN_FILE.value or common_flags.GIN_BINDINGS.value:
             # Registering every configurable imports JAX; commands given no gin skip it.
             from bigssl_jax import configurables  # noqa: F401
 
             try:
-                gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value)
+                gin_utils.parse(common_flags.GIN_FILE.value, common_flags.GIN_BINDINGS.value)
             except gin_utils.GinConfigError as error:
                 print(f"bigssl: gin error: {error}", file=sys.stderr)
                 return 2
-        if _MODEL_DIR.value:
-            gin_utils.write_config(_MODEL_DIR.value)
+        if common_flags.MODEL_DIR.value:
+            gin_utils.write_config(common_flags.MODEL_DIR.value)
         status = command_main(argv)
-        if _MODEL_DIR.value:
-            gin_utils.write_operative_config(_MODEL_DIR.value)
+        if common_flags.MODEL_DIR.value:
+            gin_utils.write_operative_config(common_flags.MODEL_DIR.value)
         return status
 
     return run
@@ -77,8 +78,10 @@ def main(argv=None) -> None:
     module = importlib.import_module(COMMANDS[name][0])
     # absl's --help lists the key flags of the module named by sys.argv[0]: make those the
     # command's own flags and the common ones.
-    for flag in [*flags.FLAGS.get_key_flags_for_module(module),
-                 *flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])]:
+    for flag in [
+        *flags.FLAGS.get_key_flags_for_module(module),
+        *flags.FLAGS.get_key_flags_for_module(common_flags),
+    ]:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(_with_gin(module.main), argv=[f"bigssl {name}", *argv[2:]])
 

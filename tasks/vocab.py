@@ -97,3 +97,16 @@ def get_vocabulary(model_path: str):
     import seqio
 
     return seqio.SentencePieceVocabulary(str(model_path))
+
+
+def read_transcripts(files) -> list[str]:
+    """The `text` field of every record in TFRecord `files`."""
+    import tensorflow as tf
+
+    spec = {"text": tf.io.FixedLenFeature([], tf.string)}
+    dataset = (
+        tf.data.TFRecordDataset(list(files))
+        .batch(1024)
+        .map(lambda records: tf.io.parse_example(records, spec)["text"])
+    )
+    return [text.decode("utf-8") for batch in dataset.as_numpy_iterator() for text in batch]

@@ -15,6 +15,7 @@ import time
 from absl import flags
 
 from bigssl_jax import paths
+from bigssl_jax.commands import common_flags
 from bigssl_jax.data import synthetic_corpus
 
 _PRESET = flags.DEFINE_enum(
@@ -24,9 +25,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of speakers, sentences, splits and
 _JOBS = flags.DEFINE_integer("jobs", 1, "Worker processes (the output does not depend on it).")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where to write the corpus; default <data_dir>/embedded/<preset>."
-)
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Data directory; default $BIGSSL_DATA_DIR, else ./bigssl_data."
 )
 _VOCAB_SIZE = flags.DEFINE_integer(
     "vocab_size", None, "Keep only sentences within the N most frequent words (difficulty)."
@@ -58,7 +56,7 @@ def main(argv) -> int:
     if _JOBS.value < 1:
         print(f"make-corpus: --jobs must be at least 1, got {_JOBS.value}", file=sys.stderr)
         return 2
-    data_dir = _DATA_DIR.value or paths.default_data_dir()
+    data_dir = common_flags.data_dir()
     output_dir = _OUTPUT_DIR.value or paths.embedded_corpus_dir(data_dir, _PRESET.value)
     start = time.perf_counter()
     try:

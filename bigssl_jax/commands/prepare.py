@@ -18,6 +18,7 @@ import sys
 from absl import flags
 
 from bigssl_jax import paths
+from bigssl_jax.commands import common_flags
 from bigssl_jax.data import prepare, sources
 
 FORMATS = ("librispeech", "manifest", "tfds", "embedded")
@@ -39,9 +40,6 @@ _SPLIT = flags.DEFINE_string(
     None,
     "Split name (default: the source folder's or manifest's name, or the TFDS "
     "split). Not used with --format=embedded, which prepares every split.",
-)
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Data directory (default: $BIGSSL_DATA_DIR or ./bigssl_data)."
 )
 _EMBEDDED = flags.DEFINE_string(
     "embedded",
@@ -130,7 +128,7 @@ def main(argv) -> int:
     if _JOBS.value < 1 or (_NUM_SHARDS.value is not None and _NUM_SHARDS.value < 1):
         print("bigssl prepare: --jobs and --num_shards must be at least 1", file=sys.stderr)
         return 2
-    data_dir = pathlib.Path(_DATA_DIR.value) if _DATA_DIR.value else paths.default_data_dir()
+    data_dir = common_flags.data_dir()
     options = prepare.PrepareOptions(
         strict=_STRICT.value,
         max_seconds=_MAX_SECONDS.value,

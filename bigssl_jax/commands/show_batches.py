@@ -17,6 +17,7 @@ import time
 from absl import flags
 
 from bigssl_jax import paths
+from bigssl_jax.commands import common_flags
 from bigssl_jax.data import registry as registry_lib
 from bigssl_jax.data import schema
 
@@ -26,9 +27,6 @@ _NUM_BATCHES = flags.DEFINE_integer("num_batches", 2, "Batches to print.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Batch size; default InputConfig's.")
 _ROWS = flags.DEFINE_integer("rows", 2, "Rows of each batch to print.")
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 1024, "Which vocabulary (`bigssl vocab`).")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Data directory; default $BIGSSL_DATA_DIR, else ./bigssl_data."
-)
 
 
 def _default_task(corpus: str, splits: dict, names: list[str]) -> str:
@@ -83,31 +81,55 @@ def main(argv) -> int:
     if not _CORPUS.value:
         print("show-batches: --corpus is required", file=sys.stderr)
         return 2
-    data_dir = _DATA_DIR.value or paths.default_data_dir()
+    return show_batches(
+        _CORPUS.value,
+        data_dir=common_flags.data_dir(),
+        task=_TASK.value,
+        num_batches=_NUM_BATCHES.value,
+        batch_size=_BATCH_SIZE.value,
+        rows=_ROWS.value,
+        vocab_size=_VOCAB_SIZE.value,
+    )
+
+
+def show_batches(
+    corpus: str,
+    *,
+    data_dir,
+    task: str | None = None,
+    num_batches: int = 2,
+    batch_size: int | None = None,
+    rows: int = 2,
+    vocab_size: int = 1024,
+) -> int:
+    """Prints `num_batches` batches of `task` (default: see the module docstring).
+
+    Returns:
+      The exit code: 0, or 1 after printing a one-line error to stderr.
+    """
     try:
-        splits = registry_lib.CorpusRegistry(paths.registry_path(data_dir)).splits(_CORPUS.value)
+        splits = registry_lib.CorpusRegistry(paths.registry_path(data_dir)).splits(corpus)
     except (registry_lib.CorpusNotFoundError, ValueError) as error:
         print(f"show-batches: {error}", file=sys.stderr)
         return 1
 
+    from bigssl_jax import configurables, input_pipeline
     from bigssl_tasks import corpus_tasks, vocab
 
-    from bigssl_jax import configurables, input_pipeline
-
-    model = vocab.vocab_path(data_dir, _CORPUS.value, _VOCAB_SIZE.value)
+    model = vocab.vocab_path(data_dir, corpus, vocab_size)
     names = corpus_tasks.register_corpus_tasks(
-        _CORPUS.value, data_dir=data_dir, vocab_path=model if model.exists() else None
+        corpus, data_dir=data_dir, vocab_path=model if model.exists() else None
     )
-    task = _TASK.value or _default_task(_CORPUS.value, splits, names)
+    task = task or _default_task(corpus, splits, names)
     if task not in names:
         hint = "" if model.exists() else f" (labeled tasks need {model}: run `bigssl vocab`)"
         print(
-            f"show-batches: no task '{task}' for corpus '{_CORPUS.value}' "
+            f"show-batches: no task '{task}' for corpus '{corpus}' "
             f"(has: {', '.join(names)}){hint}",
             file=sys.stderr,
         )
         return 1
-    overrides = {} if _BATCH_SIZE.value is None else {"batch_size": _BATCH_SIZE.value}
+    overrides = {} if batch_size is None else {"batch_size": batch_size}
     config = configurables.InputConfig(task=task, keep_fields=("id",), **overrides)
     vocabulary = vocab.get_vocabulary(str(model)) if model.exists() else None
     print(
@@ -118,8 +140,8 @@ def main(argv) -> int:
     start = time.perf_counter()
     iterator = input_pipeline.make_iterator(config)
     try:
-        for index in range(_NUM_BATCHES.value):
-            lines = _describe(next(iterator), vocabulary, _ROWS.value)
+        for index in range(num_batches):
+            lines = _describe(next(iterator), vocabulary, rows)
             print(f"batch {index}: {lines[0]}", *lines[1:], sep="\n")
     except (input_pipeline.InputDataError, ValueError) as error:
         print(f"show-batches: {error}", file=sys.stderr)
@@ -127,7 +149,7 @@ def main(argv) -> int:
     except StopIteration:
         print("show-batches: the task has no examples within the length limits", file=sys.stderr)
         return 1
-    count = _NUM_BATCHES.value
+    count = num_batches
     print(
         f"show-batches: {count} batch{'es' * (count != 1)} in {time.perf_counter() - start:.1f} s"
     )

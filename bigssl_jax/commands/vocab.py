@@ -15,27 +15,12 @@ import time
 from absl import flags
 
 from bigssl_jax import paths
+from bigssl_jax.commands import common_flags
 from bigssl_jax.data import registry as registry_lib
 
 _CORPUS = flags.DEFINE_string("corpus", None, "Registered corpus name (see registry.json).")
 _SPLIT = flags.DEFINE_string("split", "labeled", "Labeled split whose transcripts to use.")
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 1024, "Pieces asked for (a soft limit).")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Data directory; default $BIGSSL_DATA_DIR, else ./bigssl_data."
-)
-
-
-def read_transcripts(files) -> list[str]:
-    """The `text` field of every record in TFRecord `files`."""
-    import tensorflow as tf
-
-    spec = {"text": tf.io.FixedLenFeature([], tf.string)}
-    dataset = (
-        tf.data.TFRecordDataset(list(files))
-        .batch(1024)
-        .map(lambda records: tf.io.parse_example(records, spec)["text"])
-    )
-    return [text.decode("utf-8") for batch in dataset.as_numpy_iterator() for text in batch]
 
 
 def main(argv) -> int:
@@ -49,7 +34,7 @@ def main(argv) -> int:
     if _VOCAB_SIZE.value < 4:
         print(f"vocab: --vocab_size must be at least 4, got {_VOCAB_SIZE.value}", file=sys.stderr)
         return 2
-    data_dir = _DATA_DIR.value or paths.default_data_dir()
+    data_dir = common_flags.data_dir()
     registry = registry_lib.CorpusRegistry(paths.registry_path(data_dir))
     try:
         info = registry.split(_CORPUS.value, _SPLIT.value)
@@ -70,7 +55,7 @@ def main(argv) -> int:
     start = time.perf_counter()
     output = vocab.vocab_path(data_dir, _CORPUS.value, _VOCAB_SIZE.value)
     try:
-        texts = read_transcripts(info.files)
+        texts = vocab.read_transcripts(info.files)
         size = vocab.train_vocabulary(texts, output, vocab_size=_VOCAB_SIZE.value)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"vocab: {error}", file=sys.stderr)

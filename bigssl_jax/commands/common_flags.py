@@ -1,0 +1,29 @@
+"""Flags every `bigssl` command shares, defined once (absl flags are process-global).
+
+`bigssl_jax.cli` imports this module before any command, so a command reads e.g.
+`common_flags.data_dir()` without defining `--data_dir` itself.
+"""
+
+import pathlib
+
+from absl import flags
+
+from bigssl_jax import paths
+
+GIN_FILE = flags.DEFINE_multi_string(
+    "gin_file", [], "Gin file to parse (repeatable); also searched under the repo's gin/."
+)
+GIN_BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", [], "Gin binding such as 'EncoderConfig.num_layers = 4' (repeatable)."
+)
+MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Run directory: checkpoints, summaries and the operative gin config."
+)
+DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Data directory; default $BIGSSL_DATA_DIR, else ./bigssl_data."
+)
+
+
+def data_dir() -> pathlib.Path:
+    """`--data_dir`, else `paths.default_data_dir()`."""
+    return pathlib.Path(DATA_DIR.value) if DATA_DIR.value else paths.default_data_dir()

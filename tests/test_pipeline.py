@@ -1,0 +1,34 @@
+"""The main job end to end on the smoke preset, and its resumability."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def _run_pipeline(data_dir):
+    env = dict(os.environ, BIGSSL_DATA_DIR=str(data_dir))
+    return subprocess.run(
+        [sys.executable, "-m", "bigssl_jax.cli", "pipeline", "--preset=smoke", "--jobs=1"],
+        capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
+    first = _run_pipeline(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[corpus] made" in first.stdout
+    assert first.stdout.count("[prepare] embedded_tiny/") == 5
+    assert "[vocab] wrote" in first.stdout
+    assert "task embedded_tiny_labeled_labeled" in first.stdout
+    assert "task embedded_tiny_unlabeled_unlabeled" in first.stdout
+
+    registry = json.loads((tmp_path / "registry.json").read_text())
+    splits = registry["corpora"]["embedded_tiny"]["splits"]
+    assert sorted(splits) == ["dev", "labeled", "test", "test_clean", "unlabeled"]
+    assert splits["labeled"]["labeled"] and not splits["unlabeled"]["labeled"]
+    assert (tmp_path / "vocab" / "embedded_tiny_1024.model").is_file()
+
+    second = _run_pipeline(tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "[corpus] found" in second.stdout
+    assert "[vocab] found" in second.stdout
