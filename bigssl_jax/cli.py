@@ -9,7 +9,11 @@ runs; a gin error is one line on stderr and exit code 2.
 """
 
 import importlib
+import os
 import sys
+
+# TensorFlow (used by the input pipeline only) would log its CPU/GPU probing at start-up.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
