@@ -19,6 +19,10 @@ GIN_BINDINGS = flags.DEFINE_multi_string(
 MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Run directory: checkpoints, summaries and the operative gin config."
 )
+JOBS = flags.DEFINE_integer(
+    "jobs", 1, "Worker processes, for the commands that use them (outputs never depend on it)."
+)
+SEED = flags.DEFINE_integer("seed", 0, "Random seed of what the command makes.")
 DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Data directory; default $BIGSSL_DATA_DIR, else ./bigssl_data."
 )

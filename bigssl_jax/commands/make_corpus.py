@@ -1,7 +1,7 @@
 """`bigssl make-corpus`: synthesise the embedded speech corpus (no internet, no system packages).
 
     bigssl make-corpus --preset=small --jobs=2
-    bigssl make-corpus --preset=tiny --seed=1 --vocab_size=1000 --snr_db_range=0,20 \\
+    bigssl make-corpus --preset=tiny --seed=1 --word_vocab_size=1000 --snr_db_range=0,20 \\
         --output_dir=/tmp/corpus
 
 Writes `<output_dir>/corpus.json` and `<output_dir>/<split>/{manifest.jsonl,audio/*.flac}`
@@ -21,13 +21,11 @@ from bigssl_jax.data import synthetic_corpus
 _PRESET = flags.DEFINE_enum(
     "preset", "tiny", list(synthetic_corpus.PRESETS), "Corpus size: tiny (CI), small, medium."
 )
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of speakers, sentences, splits and augmentation.")
-_JOBS = flags.DEFINE_integer("jobs", 1, "Worker processes (the output does not depend on it).")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where to write the corpus; default <data_dir>/embedded/<preset>."
 )
-_VOCAB_SIZE = flags.DEFINE_integer(
-    "vocab_size", None, "Keep only sentences within the N most frequent words (difficulty)."
+_WORD_VOCAB_SIZE = flags.DEFINE_integer(
+    "word_vocab_size", None, "Keep only sentences within the N most frequent words (difficulty)."
 )
 _SNR_DB_RANGE = flags.DEFINE_list(
     "snr_db_range", None, "min,max SNR in dB of the additive noise (default 5,25)."
@@ -53,8 +51,11 @@ def main(argv) -> int:
     if len(argv) > 1:
         print(f"make-corpus: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
-    if _JOBS.value < 1:
-        print(f"make-corpus: --jobs must be at least 1, got {_JOBS.value}", file=sys.stderr)
+    if common_flags.JOBS.value < 1:
+        print(
+            f"make-corpus: --jobs must be at least 1, got {common_flags.JOBS.value}",
+            file=sys.stderr,
+        )
         return 2
     data_dir = common_flags.data_dir()
     output_dir = _OUTPUT_DIR.value or paths.embedded_corpus_dir(data_dir, _PRESET.value)
@@ -63,9 +64,9 @@ def main(argv) -> int:
         info, made = synthetic_corpus.make_corpus(
             output_dir,
             preset=_PRESET.value,
-            seed=_SEED.value,
-            jobs=_JOBS.value,
-            vocab_size=_VOCAB_SIZE.value,
+            seed=common_flags.SEED.value,
+            jobs=common_flags.JOBS.value,
+            vocab_size=_WORD_VOCAB_SIZE.value,
             snr_db_range=_snr_range(_SNR_DB_RANGE.value),
         )
     except (synthetic_corpus.CorpusError, OSError) as error:
@@ -76,7 +77,8 @@ def main(argv) -> int:
     hours = sum(split["hours"] for split in splits.values())
     status = "made" if made else "already complete, nothing to do:"
     print(
-        f"make-corpus: {status} {output_dir} ({_PRESET.value}, seed {_SEED.value}): {counts} "
+        f"make-corpus: {status} {output_dir} ({_PRESET.value}, "
+        f"seed {common_flags.SEED.value}): {counts} "
         f"utterances, {hours:.2f} h in {time.perf_counter() - start:.1f} s"
     )
     return 0

@@ -1,9 +1,10 @@
 """`bigssl pipeline`: the main job, every stage on the embedded corpus (see `bigssl_jax.pipeline`).
 
-    bigssl pipeline --preset=demo      # the small corpus (~2,500 utterances)
-    bigssl pipeline --preset=smoke     # the tiny corpus, seconds
+bigssl pipeline --preset=demo      # the small corpus (~2,500 utterances)
+bigssl pipeline --preset=smoke     # the tiny corpus, seconds
 """
 
+import os
 import sys
 
 from absl import flags
@@ -15,8 +16,6 @@ from bigssl_jax.data import prepare, sources, synthetic_corpus
 _PRESET = flags.DEFINE_enum(
     "preset", "demo", list(pipeline.PRESETS), "What to run: smoke (tiny corpus) or demo (small)."
 )
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the embedded corpus.")
-_JOBS = flags.DEFINE_integer("jobs", 2, "Worker processes for corpus synthesis.")
 
 
 def main(argv) -> int:
@@ -26,7 +25,11 @@ def main(argv) -> int:
         return 2
     try:
         return pipeline.run(
-            _PRESET.value, data_dir=common_flags.data_dir(), seed=_SEED.value, jobs=_JOBS.value
+            _PRESET.value,
+            data_dir=common_flags.data_dir(),
+            seed=common_flags.SEED.value,
+            # Corpus synthesis output does not depend on --jobs: use every core by default.
+            jobs=common_flags.JOBS.value if common_flags.JOBS.present else os.cpu_count() or 1,
         )
     except (
         synthetic_corpus.CorpusError,

@@ -56,7 +56,6 @@ _MAX_SECONDS = flags.DEFINE_float(
 _NUM_SHARDS = flags.DEFINE_integer(
     "num_shards", None, "Shards per split (default: about one per 200 MiB of source audio)."
 )
-_JOBS = flags.DEFINE_integer("jobs", 1, "Processes writing shards in parallel.")
 _SAMPLE_RATE = flags.DEFINE_integer(
     "sample_rate", None, "Sample rate of headerless .raw/.pcm audio (16-bit mono PCM)."
 )
@@ -125,7 +124,7 @@ def main(argv) -> int:
     if len(argv) > 1:
         print(f"bigssl prepare: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
-    if _JOBS.value < 1 or (_NUM_SHARDS.value is not None and _NUM_SHARDS.value < 1):
+    if common_flags.JOBS.value < 1 or (_NUM_SHARDS.value is not None and _NUM_SHARDS.value < 1):
         print("bigssl prepare: --jobs and --num_shards must be at least 1", file=sys.stderr)
         return 2
     data_dir = common_flags.data_dir()
@@ -133,7 +132,7 @@ def main(argv) -> int:
         strict=_STRICT.value,
         max_seconds=_MAX_SECONDS.value,
         num_shards=_NUM_SHARDS.value,
-        jobs=_JOBS.value,
+        jobs=common_flags.JOBS.value,
     )
     try:
         reports = _run(data_dir, options)

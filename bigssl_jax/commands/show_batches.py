@@ -124,8 +124,7 @@ def show_batches(
     if task not in names:
         hint = "" if model.exists() else f" (labeled tasks need {model}: run `bigssl vocab`)"
         print(
-            f"show-batches: no task '{task}' for corpus '{corpus}' "
-            f"(has: {', '.join(names)}){hint}",
+            f"show-batches: no task '{task}' for corpus '{corpus}' (has: {', '.join(names)}){hint}",
             file=sys.stderr,
         )
         return 1
