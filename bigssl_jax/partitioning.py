@@ -287,27 +287,36 @@ def optimizer_state_shardings(
     abstract_opt_state: optax.OptState,
     param_shardings: Any,
     mesh: Mesh,
+    abstract_params: Any,
 ) -> Any:
     """Shardings of an optax state: its copies of the params tree follow the params'.
 
     Every subtree of the state that mirrors the params (Adam's moments, EMA copies, ...)
-    gets `param_shardings`; every other leaf (step counts, scalars) is replicated.
+    gets `param_shardings`; every other leaf (step counts, scalars) is replicated, and so
+    are statistics whose shape differs from their parameter's (Adafactor's factored row /
+    column second moments: O(rows + columns) numbers per matrix).
 
     Args:
       tx: the optax transformation that built the state.
       abstract_opt_state: `jax.eval_shape(tx.init, params)` (unboxed params).
       param_shardings: one `NamedSharding` per parameter.
       mesh: the device mesh.
+      abstract_params: the (unboxed) params or their `jax.ShapeDtypeStruct`s.
 
     Returns:
       The state's structure with a `NamedSharding` per leaf.
     """
     replicated = NamedSharding(mesh, P())
+
+    def like_param(leaf, sharding, param):
+        return sharding if leaf.shape == param.shape else replicated
+
     return optax.tree_utils.tree_map_params(
         tx,
-        lambda _, sharding: sharding,
+        like_param,
         abstract_opt_state,
         param_shardings,
+        abstract_params,
         transform_non_params=lambda _: replicated,
     )
 
@@ -326,7 +335,11 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: LogicalRules) -> Any
         step=NamedSharding(mesh, P()),
         params=param_shardings,
         opt_state=optimizer_state_shardings(
-            abstract_state.tx, abstract_state.opt_state, param_shardings, mesh
+            abstract_state.tx,
+            abstract_state.opt_state,
+            param_shardings,
+            mesh,
+            nn.unbox(abstract_state.params),
         ),
         model_state=logical_to_mesh_shardings(abstract_state.model_state, mesh, rules),
     )

@@ -235,6 +235,34 @@ def test_optimizer_state_shardings_follow_params():
         assert leaf.spec == P()
 
 
+def test_adafactor_factored_moments_are_replicated_and_full_moments_sharded():
+    mesh = partitioning.make_mesh(LAYOUTS["tensor"])
+    tx = optax.adafactor(1e-3, min_dim_size_to_factor=32)
+    abstract = jax.eval_shape(lambda: TrainState.create(params=_abstract_state().params, tx=tx))
+    shardings = partitioning.state_shardings(abstract, mesh, partitioning.LOGICAL_AXIS_RULES)
+    factored = shardings.opt_state[0]
+    param_specs = dict(
+        (jax.tree_util.keystr(path), leaf.spec)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(shardings.params)
+    )
+    checked = 0
+    for path, v in jax.tree_util.tree_leaves_with_path(abstract.opt_state[0].v):
+        key = jax.tree_util.keystr(path)
+        spec = dict(
+            (jax.tree_util.keystr(p), leaf.spec)
+            for p, leaf in jax.tree_util.tree_leaves_with_path(factored.v)
+        )[key]
+        if v.shape == (1,):  # factored parameter: v is a placeholder, v_row / v_col hold it
+            assert spec == P()
+        else:
+            assert spec == param_specs[key]
+            checked += 1
+    assert checked
+    for leaf in jax.tree.leaves(factored.v_row) + jax.tree.leaves(factored.v_col):
+        assert leaf.spec == P()
+    partitioning.jit_train_step(_train_step, shardings, None, mesh)  # builds without error
+
+
 def test_train_state_apply_gradients_is_one_optax_update():
     params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
     grads = {"w": jnp.array([0.5, 0.25]), "b": jnp.array(-1.0)}
