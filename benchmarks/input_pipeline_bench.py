@@ -15,10 +15,9 @@ import os
 import tempfile
 import time
 
-from bigssl_tasks import corpus_tasks, toy_corpus, vocab
-
 from bigssl_jax import input_pipeline
 from bigssl_jax.data import schema
+from bigssl_tasks import corpus_tasks, toy_corpus, vocab
 
 
 def _register(args, data_dir) -> str:

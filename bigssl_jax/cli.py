@@ -28,6 +28,7 @@ COMMANDS = {
     "vocab": ("bigssl_jax.commands.vocab", "Train a sentencepiece vocabulary on a corpus."),
     "show-batches": ("bigssl_jax.commands.show_batches", "Print batches of a seqio task."),
     "params": ("bigssl_jax.commands.params", "Count a model config's parameters."),
+    "train": ("bigssl_jax.commands.train", "Train a model from an experiment gin."),
     "compile": (
         "bigssl_jax.commands.compile",
         "Compile a train step for a TPU topology ahead of time.",

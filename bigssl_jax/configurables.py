@@ -1,39 +1,48 @@
 """Every gin configurable of the project, registered in one place.
 
-Library modules never import gin; this file wraps their config dataclasses and entry
-functions so gin files can bind them. Entry points use the wrapped names from here
+Library modules never import gin; this file wraps their config dataclasses and model
+wrappers so gin files can bind them. Entry points use the wrapped names from here
 (e.g. `configurables.EncoderConfig()` returns the config with the gin bindings applied).
-
-One section per owner module; keep each wrapped name equal to the class name, so gin
-files read `EncoderConfig.num_layers = 17`.
+Each wrapped name equals the class name, so gin files read `EncoderConfig.num_layers = 17`.
 """
 
 import gin
 
-# Sections are added by the modules' owners below.
+from bigssl_jax import aot, input_pipeline, optimizers, partitioning, trainer
+from bigssl_jax.layers import frontend
+from bigssl_jax.models import encoder, pretrain_step, ssl_losses, w2v_bert, wav2vec2
 
-# --- bigssl_jax.partitioning ---------------------------------------------------------------
-from bigssl_jax import partitioning  # noqa: E402
 
-MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
+def _register(cls, name: str | None = None):
+    return gin.external_configurable(cls, name=name or cls.__name__)
 
-# --- bigssl_jax.layers.frontend ------------------------------------------------------------
-from bigssl_jax.layers import frontend  # noqa: E402
 
-LogMelConfig = gin.external_configurable(frontend.LogMelConfig, name="LogMelConfig")
-SpecAugmentConfig = gin.external_configurable(frontend.SpecAugmentConfig, name="SpecAugmentConfig")
+# --- meshes (bigssl_jax.partitioning) -----------------------------------------------------
+MeshConfig = _register(partitioning.MeshConfig)
 
-# --- bigssl_jax.models.encoder -------------------------------------------------------------
-from bigssl_jax.models import encoder  # noqa: E402
+# --- front end (bigssl_jax.layers.frontend) ------------------------------------------------
+LogMelConfig = _register(frontend.LogMelConfig)
+SpecAugmentConfig = _register(frontend.SpecAugmentConfig)
 
-EncoderConfig = gin.external_configurable(encoder.EncoderConfig, name="EncoderConfig")
+# --- encoder (bigssl_jax.models.encoder) ---------------------------------------------------
+EncoderConfig = _register(encoder.EncoderConfig)
 
-# --- bigssl_jax.input_pipeline -------------------------------------------------------------
-from bigssl_jax import input_pipeline  # noqa: E402
+# --- input (bigssl_jax.input_pipeline) -----------------------------------------------------
+InputConfig = _register(input_pipeline.InputConfig)
 
-InputConfig = gin.external_configurable(input_pipeline.InputConfig, name="InputConfig")
+# --- self-supervised objectives ------------------------------------------------------------
+SSLLossWeights = _register(ssl_losses.SSLLossWeights)
+BestRqConfig = _register(pretrain_step.BestRqConfig)
+BestRqTrainModel = _register(pretrain_step.BestRqTrainModel)
+Wav2Vec2Config = _register(wav2vec2.Wav2Vec2Config)
+Wav2Vec2TrainModel = _register(wav2vec2.Wav2Vec2TrainModel)
+W2vBertConfig = _register(w2v_bert.W2vBertConfig)
+W2vBertTrainModel = _register(w2v_bert.W2vBertTrainModel)
 
-# --- bigssl_jax.models.ssl_losses ----------------------------------------------------------
-from bigssl_jax.models import ssl_losses  # noqa: E402
+# --- training (bigssl_jax.trainer, bigssl_jax.optimizers) ----------------------------------
+OptimizerConfig = _register(optimizers.OptimizerConfig)
+TrainerConfig = _register(trainer.TrainerConfig)
+ExperimentConfig = _register(trainer.ExperimentConfig)
 
-SSLLossWeights = gin.external_configurable(ssl_losses.SSLLossWeights, name="SSLLossWeights")
+# --- ahead-of-time compilation (bigssl_jax.aot) --------------------------------------------
+CompileConfig = _register(aot.CompileConfig)

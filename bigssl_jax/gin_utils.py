@@ -111,8 +111,9 @@ def parse(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> No
             message = _one_line(error)
             if binding.strip() not in message:
                 message = f"{message}; binding: {binding.strip()}"
-            raise GinConfigError(re.sub(r"in bindings string line \d+", "in --gin_bindings",
-                                        message)) from error
+            raise GinConfigError(
+                re.sub(r"in bindings string line \d+", "in --gin_bindings", message)
+            ) from error
 
 
 def write_config(model_dir: os.PathLike, name: str = "config.gin") -> pathlib.Path:
@@ -120,8 +121,9 @@ def write_config(model_dir: os.PathLike, name: str = "config.gin") -> pathlib.Pa
     return _write(model_dir, name, gin.config_str())
 
 
-def write_operative_config(model_dir: os.PathLike,
-                           name: str = "operative_config.gin") -> pathlib.Path:
+def write_operative_config(
+    model_dir: os.PathLike, name: str = "operative_config.gin"
+) -> pathlib.Path:
     """Writes the bindings that were actually used (gin's operative config)."""
     return _write(model_dir, name, gin.operative_config_str())
 

@@ -124,6 +124,7 @@ def build_dataset(config: InputConfig, *, shard_info=None, epoch: int = 0, skip_
     """
     import seqio
     import tensorflow as tf
+
     from bigssl_tasks import preprocessors
 
     provider = seqio.get_mixture_or_task(config.task)

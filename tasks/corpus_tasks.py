@@ -21,11 +21,10 @@ Output features:
 
 import os
 
-from bigssl_tasks import preprocessors, registration, vocab
-
 from bigssl_jax import paths
 from bigssl_jax.data import registry as registry_lib
 from bigssl_jax.data import schema
+from bigssl_tasks import preprocessors, registration, vocab
 
 SPLIT = "all"
 HIDDEN_FIELDS = (schema.TEXT_FIELD, schema.ORACLE_TEXT_FIELD)

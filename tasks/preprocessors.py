@@ -5,9 +5,8 @@ Order inside a task: `check_sample_rate` -> `decode_audio` -> (labeled) `text_to
 the input pipeline (its bounds are per run, not per registered task).
 """
 
-from bigssl_tasks import vocab
-
 from bigssl_jax.data import schema
+from bigssl_tasks import vocab
 
 AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TensorFlow at module import.
 

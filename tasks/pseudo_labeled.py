@@ -20,9 +20,9 @@ The task's examples have the labeled tasks' output features (`audio`, `targets`,
 import os
 
 import numpy as np
-from bigssl_tasks import corpus_tasks, registration
 
 from bigssl_jax.data import schema
+from bigssl_tasks import corpus_tasks, registration
 
 
 def feature_description() -> dict:

@@ -5,8 +5,11 @@ import pathlib
 import gin
 import pytest
 
-from bigssl_jax import configurables  # noqa: F401  (registers every configurable)
-from bigssl_jax import gin_utils, paths
+from bigssl_jax import (
+    configurables,  # noqa: F401  (registers every configurable)
+    gin_utils,
+    paths,
+)
 
 GIN_FILES = sorted(p.relative_to(paths.GIN_DIR) for p in paths.GIN_DIR.rglob("*.gin"))
 

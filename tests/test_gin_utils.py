@@ -85,7 +85,11 @@ def test_cli_reports_gin_errors_in_one_line_with_exit_code_2(tmp_path):
     env = dict(os.environ, BIGSSL_DATA_DIR=str(tmp_path))
     result = subprocess.run(
         [sys.executable, "-m", "bigssl_jax.cli", "params", "--gin_bindings=EncoderConfig.nope = 1"],
-        capture_output=True, text=True, env=env, timeout=120)
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 2
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("bigssl:")]
     assert len(error_lines) == 1, result.stderr
@@ -94,7 +98,11 @@ def test_cli_reports_gin_errors_in_one_line_with_exit_code_2(tmp_path):
 
 
 def test_cli_unknown_command_exit_code_2():
-    result = subprocess.run([sys.executable, "-m", "bigssl_jax.cli", "no-such-command"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "bigssl_jax.cli", "no-such-command"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "unknown command 'no-such-command'" in result.stderr

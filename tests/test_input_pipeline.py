@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
-from bigssl_tasks import corpus_tasks, toy_corpus, vocab
 
 from bigssl_jax import feature_converters, input_pipeline
 from bigssl_jax.data import registry as registry_lib
 from bigssl_jax.data import schema
+from bigssl_tasks import corpus_tasks, toy_corpus, vocab
 
 CORPUS = "pipetoy"
 TASK = f"{CORPUS}_train_labeled"

@@ -5,9 +5,9 @@ import json
 import subprocess
 import sys
 
+import gin
 import pytest
 
-import gin
 from bigssl_jax import configurables, gin_utils, paths
 from bigssl_jax.commands import params
 

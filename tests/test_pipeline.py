@@ -10,7 +10,11 @@ def _run_pipeline(data_dir):
     env = dict(os.environ, BIGSSL_DATA_DIR=str(data_dir))
     return subprocess.run(
         [sys.executable, "-m", "bigssl_jax.cli", "pipeline", "--preset=smoke", "--jobs=1"],
-        capture_output=True, text=True, env=env, timeout=600)
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):

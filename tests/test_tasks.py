@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
-from bigssl_tasks import corpus_tasks, mixtures, pseudo_labeled, toy_corpus, vocab
 
 from bigssl_jax import input_pipeline
 from bigssl_jax.data import registry as registry_lib
 from bigssl_jax.data import schema
+from bigssl_tasks import corpus_tasks, mixtures, pseudo_labeled, toy_corpus, vocab
 
 CORPUS = "tasktoy"
 

@@ -36,15 +36,23 @@ class SplitInfo:
     extra_fields: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return {"files": list(self.files), "num_examples": self.num_examples,
-                "hours": self.hours, "labeled": self.labeled,
-                "extra_fields": list(self.extra_fields)}
+        return {
+            "files": list(self.files),
+            "num_examples": self.num_examples,
+            "hours": self.hours,
+            "labeled": self.labeled,
+            "extra_fields": list(self.extra_fields),
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "SplitInfo":
-        return cls(files=tuple(data["files"]), num_examples=int(data["num_examples"]),
-                   hours=float(data["hours"]), labeled=bool(data["labeled"]),
-                   extra_fields=tuple(data.get("extra_fields", ())))
+        return cls(
+            files=tuple(data["files"]),
+            num_examples=int(data["num_examples"]),
+            hours=float(data["hours"]),
+            labeled=bool(data["labeled"]),
+            extra_fields=tuple(data.get("extra_fields", ())),
+        )
 
 
 class CorpusRegistry:
@@ -78,16 +86,17 @@ class CorpusRegistry:
             known = ", ".join(sorted(corpora)) or "none"
             raise CorpusNotFoundError(
                 f"corpus '{corpus}' is not in the registry {self.path} (registered: {known}); "
-                "run `bigssl prepare` first")
-        return {name: SplitInfo.from_json(info)
-                for name, info in corpora[corpus]["splits"].items()}
+                "run `bigssl prepare` first"
+            )
+        return {name: SplitInfo.from_json(info) for name, info in corpora[corpus]["splits"].items()}
 
     def split(self, corpus: str, split: str) -> SplitInfo:
         """One split of `corpus`; raises CorpusNotFoundError with the known split names."""
         splits = self.splits(corpus)
         if split not in splits:
             raise CorpusNotFoundError(
-                f"corpus '{corpus}' has no split '{split}' (has: {', '.join(sorted(splits))})")
+                f"corpus '{corpus}' has no split '{split}' (has: {', '.join(sorted(splits))})"
+            )
         return splits[split]
 
     def register_split(self, corpus: str, split: str, info: SplitInfo, *, source: str) -> None:

@@ -42,8 +42,14 @@ def pcm16_to_audio(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
-def make_example(*, audio: np.ndarray, utterance_id: str, speaker: str = "",
-                 text: str | None = None, extra: Mapping[str, str] | None = None) -> bytes:
+def make_example(
+    *,
+    audio: np.ndarray,
+    utterance_id: str,
+    speaker: str = "",
+    text: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> bytes:
     """Serialises one utterance (16 kHz mono audio [S]) as a `tf.train.Example`."""
     import tensorflow as tf
 
@@ -56,7 +62,8 @@ def make_example(*, audio: np.ndarray, utterance_id: str, speaker: str = "",
         "sample_rate": tf.train.Feature(int64_list=tf.train.Int64List(value=[SAMPLE_RATE])),
         "num_samples": tf.train.Feature(int64_list=tf.train.Int64List(value=[num_samples])),
         "duration": tf.train.Feature(
-            float_list=tf.train.FloatList(value=[num_samples / SAMPLE_RATE])),
+            float_list=tf.train.FloatList(value=[num_samples / SAMPLE_RATE])
+        ),
         "id": _bytes(utterance_id.encode("utf-8")),
         "speaker": _bytes(speaker.encode("utf-8")),
     }

@@ -1,0 +1,275 @@
+"""Checkpoints of a run: Orbax `CheckpointManager`, retention, preemption, restore order.
+
+Layout: `<model_dir>/checkpoints/<step>/` with two items,
+
+  * `state`: the `TrainState` (step, params, optimizer state, model state), `StandardSave`;
+    each process writes its own shards.
+  * `meta`: JSON (`JsonSave`): the input iterator's `get_state()`, the base rng key, the
+    non-finite step counters, the step; anything the loop needs to continue exactly.
+
+Writes are atomic: Orbax writes a step into a temporary directory and renames it when every
+item is finalised, so a step killed halfway (even by SIGKILL) is never listed; leftover
+temporaries are removed when the next manager opens the directory. Saves are asynchronous:
+`save` returns once the arrays are copied off the devices, and the next save (or `wait`)
+waits for the previous write.
+
+Retention: keep-last-K and keep-best-M coexist as a union (`AnyPreservationPolicy`): a step
+survives if it is among the K most recent (`LatestN(K)`) *or* among the M best by
+`best_metric` of the steps saved with metrics (`BestN(M)`, steps without metrics never count
+as best). So with K=2, M=1 a run keeps at most three steps: the two latest and the best
+evaluated one (which may be one of them).
+
+Restore order (`restore_or_init` in the trainer):
+  1. resume: the latest finalised step of `<model_dir>/checkpoints` (step, params, optimizer
+     state, rng and data position);
+  2. init from another run: `init_checkpoint` (a checkpoint directory `.../checkpoints/<step>`,
+     or a model dir / checkpoints dir meaning its latest step), either the whole state
+     (training continues from its step with a fresh data position) or the params only
+     (fresh optimizer, step 0);
+  3. scratch.
+
+Restoring onto another mesh: `restore` takes an abstract state whose leaves are
+`jax.ShapeDtypeStruct`s carrying the *new* shardings (`abstract_state`), and Orbax reads each
+device's slice from the saved arrays whatever mesh wrote them.
+
+Preemption: `PreemptionHandler` turns SIGTERM / SIGINT into a flag that the loop polls each
+step; together with `CheckpointManager.reached_preemption` (multi-host preemption notices) the
+loop then saves the current step, waits for the write, and stops. In a multi-process job only
+the sync point counts (every process must save the same step together); enable JAX's
+preemption service there (`jax.distributed.initialize`) for TPU maintenance events.
+"""
+
+import os
+import pathlib
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers
+
+CHECKPOINTS = "checkpoints"
+STATE, META = "state", "meta"
+
+
+def checkpoint_dir(model_dir: os.PathLike) -> pathlib.Path:
+    """`<model_dir>/checkpoints`."""
+    return pathlib.Path(model_dir) / CHECKPOINTS
+
+
+def abstract_state(abstract: Any, shardings: Any) -> Any:
+    """`jax.ShapeDtypeStruct`s of `abstract` (from `jax.eval_shape`) carrying `shardings`."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+    )
+
+
+def _preservation_policy(keep_last: int, keep_best: int, best_metric: str | None, mode: str):
+    policies = [checkpoint_managers.LatestN(n=keep_last)]
+    if best_metric and keep_best:
+        policies.append(
+            checkpoint_managers.BestN(
+                get_metric_fn=lambda metrics: float(metrics[best_metric]),
+                reverse=mode == "min",
+                n=keep_best,
+                keep_checkpoints_without_metrics=False,
+            )
+        )
+    return checkpoint_managers.AnyPreservationPolicy(policies)
+
+
+class Checkpointer:
+    """Saves and restores a run's `state` + `meta` under `<model_dir>/checkpoints`.
+
+    Args:
+      model_dir: the run directory.
+      keep_last: K, the most recent steps kept.
+      keep_best: M, the best steps by `best_metric` kept besides them (0: none).
+      best_metric: name of the metric passed to `save(..., metrics=)` that ranks steps.
+      best_mode: 'min' or 'max': which end of `best_metric` is best.
+      async_save: write in a background thread.
+    """
+
+    def __init__(
+        self,
+        model_dir: os.PathLike,
+        *,
+        keep_last: int = 3,
+        keep_best: int = 0,
+        best_metric: str | None = None,
+        best_mode: str = "min",
+        async_save: bool = True,
+    ):
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+        self.best_metric = best_metric if keep_best else None
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=_preservation_policy(keep_last, keep_best, best_metric, best_mode),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self.directory = checkpoint_dir(model_dir).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=(STATE, META)
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest finalised step, or None."""
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Every finalised step kept, ascending."""
+        return sorted(self.manager.all_steps())
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        meta: Mapping[str, Any],
+        *,
+        metrics: Mapping[str, float] | None = None,
+    ) -> bool:
+        """Starts writing `state` and `meta` as `step` (no-op if `step` is already saved).
+
+        Args:
+          step: the step number (directory name).
+          state: the train state (sharded `jax.Array`s).
+          meta: JSON-able dict.
+          metrics: scalars for keep-best (must hold `best_metric` when it is set); steps
+            saved without them are kept only as latest.
+
+        Returns:
+          Whether a save was started.
+        """
+        if step in self.manager.all_steps():
+            return False
+        if metrics is not None and self.best_metric:
+            metrics = {self.best_metric: float(metrics[self.best_metric])}
+        else:
+            metrics = None
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(dict(meta))}
+            ),
+            metrics=metrics,
+            force=True,
+        )
+
+    def restore(self, step: int, abstract: Any) -> tuple[Any, dict]:
+        """Reads `step` into the structure and shardings of `abstract` (see `abstract_state`)."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{STATE: ocp.args.StandardRestore(abstract), META: ocp.args.JsonRestore()}
+            ),
+        )
+        return restored[STATE], dict(restored[META])
+
+    def restore_meta(self, step: int) -> dict:
+        """Reads only the `meta` item of `step`."""
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()})
+        )
+        return dict(restored[META])
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether the job received a (multi-host) preemption notice by `step`."""
+        return self.manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        """Blocks until the pending write (if any) is finalised."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending writes and releases the manager."""
+        self.manager.close()
+
+
+def resolve_init_checkpoint(path: os.PathLike) -> pathlib.Path:
+    """A checkpoint step directory from a step dir, a checkpoints dir or a model dir.
+
+    Raises:
+      FileNotFoundError: nothing finalised is found there.
+    """
+    path = pathlib.Path(path).absolute()
+    if (path / STATE).is_dir():
+        return path
+    for directory in (path / CHECKPOINTS, path):
+        if directory.is_dir():
+            steps = ocp.utils.checkpoint_steps(directory)
+            if steps:
+                return directory / str(max(steps))
+    raise FileNotFoundError(f"no finalised checkpoint at {path}")
+
+
+def restore_from(path: os.PathLike, abstract: Any, *, params_only: bool = False) -> Any:
+    """Reads another run's checkpoint (see `resolve_init_checkpoint`) into `abstract`.
+
+    Args:
+      path: where the checkpoint is.
+      abstract: with `params_only`, the abstract params tree; else the abstract train state
+        (the same structure as the saved one, e.g. the same optimizer).
+      params_only: read only the saved state's params.
+
+    Returns:
+      The restored params (params_only) or state, placed by `abstract`'s shardings.
+    """
+    step_dir = resolve_init_checkpoint(path)
+    logging.info("init from %s (%s)", step_dir, "params" if params_only else "whole state")
+    if not params_only:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(step_dir / STATE, abstract)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(
+            step_dir / STATE,
+            args=ocp.args.PyTreeRestore(
+                item={"params": abstract},
+                restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
+                partial_restore=True,
+            ),
+        )
+    return restored["params"]
+
+
+class PreemptionHandler:
+    """Turns SIGTERM / SIGINT into a flag (`requested`) the loop polls; a context manager.
+
+    The previous handlers are put back on exit. A second signal while the flag is set
+    falls through to the previous handler (e.g. a second Ctrl-C interrupts at once).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, frame)
+            return
+        logging.warning("received %s: saving a checkpoint before exiting", signal.Signals(signum))
+        self.signum = signum
+
+    def __enter__(self) -> "PreemptionHandler":
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: no signal handling
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()

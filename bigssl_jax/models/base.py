@@ -1,0 +1,82 @@
+"""The model protocol the trainer drives: every stage's model wrapper satisfies it.
+
+A model wrapper owns a pure Flax network, its variable initialisation and its loss; the
+trainer (`bigssl_jax.trainer`) owns `value_and_grad`, microbatch accumulation, the optimizer
+update, the non-finite guard, shardings and all I/O. Pre-training (BEST-RQ, wav2vec 2.0,
+w2v-BERT), fine-tuning and classification are each a `TrainModel` plus data plus a
+`TrainerConfig`, not a fork of the loop.
+
+Variables: `init_variables` returns `{'params': ..., <other collections>}`. 'params' are
+trained (they may be boxed with logical axis names for sharded init); every other collection
+(e.g. BEST-RQ's 'frozen' quantiser) is kept in `TrainState.model_state` and passed back
+unchanged: the trainer supports no mutable collections (the encoder has none; its
+convolution module uses LayerNorm, not BatchNorm).
+
+Loss: `loss` returns the batch's mean loss and a dict of scalar metrics. The mean is over
+`metrics[LOSS_WEIGHT]` units (masked frames, target tokens, utterances...); when the
+trainer splits a batch into microbatches it combines them weighted by it,
+
+    L = sum_i w_i L_i / sum_i w_i,   grad L = sum_i w_i grad L_i / sum_i w_i,
+
+which equals the loss (and gradient) of the whole batch. Without `LOSS_WEIGHT` every
+microbatch weighs 1. Padded rows (`batch['weights'] == 0`) must contribute nothing to the
+loss or its weight.
+"""
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+
+Batch = Mapping[str, Any]
+Metrics = dict[str, jax.Array]
+Variables = Mapping[str, Any]
+
+LOSS_WEIGHT = "loss_weight"
+
+
+@runtime_checkable
+class TrainModel(Protocol):
+    """What the trainer needs from a model.
+
+    Attributes:
+      rng_streams: names of the Flax rng streams `loss` draws from ('dropout', 'masking',
+        ...); `split_rngs` makes one key per stream.
+    """
+
+    rng_streams: tuple[str, ...]
+
+    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+        """Initial variables.
+
+        Args:
+          rng: the init key.
+          batch: an example batch (arrays or `jax.ShapeDtypeStruct`s); only shapes matter.
+
+        Returns:
+          {'params': (possibly boxed) params, other collections...}.
+        """
+        ...
+
+    def loss(
+        self, variables: Variables, batch: Batch, rng: jax.Array, *, step: jax.Array, train: bool
+    ) -> tuple[jax.Array, Metrics]:
+        """The batch's mean loss and scalar metrics (see the module docstring).
+
+        Args:
+          variables: {'params': ..., other collections} (unboxed).
+          batch: a batch of the model's input pipeline.
+          rng: a key for this batch (split it with `split_rngs`).
+          step: int32 scalar, updates applied so far (for annealed quantities).
+          train: training mode (dropout, ...) or evaluation.
+
+        Returns:
+          (loss, metrics): a float32 scalar, and float32 scalars by name, optionally with
+          `LOSS_WEIGHT`.
+        """
+        ...
+
+
+def split_rngs(rng: jax.Array, streams: tuple[str, ...]) -> dict[str, jax.Array]:
+    """One independent key per named rng stream: {name: key}."""
+    return dict(zip(streams, jax.random.split(rng, len(streams)), strict=True))

@@ -1,0 +1,541 @@
+"""The training loop every stage shares: a `TrainModel`, an optimizer, data, a mesh.
+
+    result = trainer.train(model=model, optimizer=OptimizerConfig(...), config=TrainerConfig(...),
+                           mesh=mesh, train_iter=iterator, model_dir=model_dir,
+                           eval_iter_fn=lambda: make_iterator(dev_config))
+
+Sections of `train`: restore order (resume > init_checkpoint > scratch, see
+`bigssl_jax.checkpointing`), sharded init, the jitted step, then the loop: one step per
+batch, metrics, periodic log / eval / checkpoint, preemption.
+
+The step (`make_train_step`) is pure, `train_step(state, batch, rng) -> (state, metrics)`:
+
+  * rng = fold_in(base_rng, state.step), so a resumed run draws the same randomness;
+  * the batch [B, ...] is cut into k microbatches (row i goes to microbatch i mod k, so each
+    device's rows split locally); a `lax.scan` sums w_j * grad L_j and w_j * L_j and divides by
+    sum_j w_j, w_j = the microbatch's `LOSS_WEIGHT` (see `models/base.py`): the update equals
+    the whole batch's;
+  * non-finite guard: if the loss or the gradient norm is not finite, the state is returned
+    unchanged (step included) and metrics['nonfinite'] = 1. The loop counts these, stops after
+    `max_consecutive_nonfinite` in a row (`NonFiniteError`), and never saves a non-finite
+    state, because none is ever produced. Reading that flag is the loop's one device-to-host
+    copy per step (a scalar); everything else stays asynchronous until a log line.
+
+It is jitted once per batch shape with explicit state / batch shardings and the state donated
+(`partitioning.jit_train_step`). Metrics are `clu.metrics.Average`s over the steps since the last
+log; they go to TensorBoard (`clu.metric_writers`, under `train/` and `eval/`) and to one log
+line per `log_every`, with `clu.periodic_actions.ReportProgress` adding steps/s and the ETA.
+"""
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from clu import metrics as clu_metrics
+
+from bigssl_jax import checkpointing, optimizers, partitioning
+from bigssl_jax import train_state as train_state_lib
+from bigssl_jax.models import base
+
+TrainState = train_state_lib.TrainState
+NONFINITE = "nonfinite"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    """The loop's settings.
+
+    Attributes:
+      num_steps: train until `state.step` reaches this many applied updates.
+      log_every: steps between log lines / train summaries.
+      eval_every: steps between evaluations on the eval data (0: only at the end).
+      eval_batches: at most this many eval batches per evaluation (None: the whole set).
+      checkpoint_every: steps between checkpoints (the last step is always saved).
+      keep_last: K most recent checkpoints kept.
+      keep_best: M best checkpoints by eval `best_metric` kept besides them (0: none).
+      best_metric: eval metric that ranks checkpoints, e.g. 'loss'.
+      best_mode: 'min' or 'max'.
+      microbatches: k, gradient accumulation steps per batch (the batch size must divide).
+      max_consecutive_nonfinite: stop after this many skipped steps in a row.
+      seed: seed of init and of every step's randomness.
+      init_checkpoint: when not resuming, start from this checkpoint (see checkpointing).
+      init_params_only: take only the params of `init_checkpoint` (fresh optimizer, step 0).
+      async_checkpointing: write checkpoints in a background thread.
+    """
+
+    num_steps: int = 1000
+    log_every: int = 50
+    eval_every: int = 0
+    eval_batches: int | None = 20
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    keep_best: int = 0
+    best_metric: str = "loss"
+    best_mode: str = "min"
+    microbatches: int = 1
+    max_consecutive_nonfinite: int = 10
+    seed: int = 0
+    init_checkpoint: str | None = None
+    init_params_only: bool = False
+    async_checkpointing: bool = True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """What `bigssl train` trains on: a corpus's tasks and a model.
+
+    Attributes:
+      corpus: a registered corpus (its tasks are registered by the command).
+      model: a `models.base.TrainModel` (e.g. gin's `@BestRqTrainModel()`).
+      train_split: the corpus split trained on.
+      eval_split: the split evaluated on; None for no evaluation.
+      task_kind: 'unlabeled' (audio only) or 'labeled' (audio + targets).
+    """
+
+    corpus: str = ""
+    model: Any = None
+    train_split: str = "unlabeled"
+    eval_split: str | None = "dev"
+    task_kind: str = "unlabeled"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """How `train` ended: the final state, its step, whether it stopped for a signal."""
+
+    state: TrainState
+    step: int
+    preempted: bool
+    nonfinite_total: int
+    eval_metrics: dict[str, float]
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+# ---------------------------------------------------------------------------------------
+# The pure steps.
+# ---------------------------------------------------------------------------------------
+
+
+def _split_microbatches(batch: base.Batch, k: int) -> base.Batch:
+    """[B, ...] -> [k, B / k, ...], microbatch i holding rows i, i + k, i + 2k, ..."""
+
+    def split(x):
+        if x.shape[0] % k:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by {k} microbatches")
+        return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def _weighted_loss_and_grads(model, state, batch, rng, k):
+    """(loss, metrics, grads) of the batch, accumulated over k microbatches."""
+
+    def one(params, microbatch, microbatch_rng):
+        def loss_fn(p):
+            variables = {"params": p, **state.model_state}
+            return model.loss(variables, microbatch, microbatch_rng, step=state.step, train=True)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        weight = jnp.asarray(metrics.get(base.LOSS_WEIGHT, 1.0), jnp.float32)
+        return loss, metrics, grads, weight
+
+    if k == 1:
+        loss, metrics, grads, _ = one(state.params, batch, rng)
+        return loss, metrics, grads
+
+    def body(carry, xs):
+        grad_sum, loss_sum, weight_sum = carry
+        index, microbatch = xs
+        loss, metrics, grads, weight = one(state.params, microbatch, jax.random.fold_in(rng, index))
+        grad_sum = jax.tree.map(lambda a, g: a + weight * g, grad_sum, grads)
+        return (grad_sum, loss_sum + weight * loss, weight_sum + weight), (metrics, weight)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    xs = (jnp.arange(k), _split_microbatches(batch, k))
+    (grad_sum, loss_sum, total), (metrics, weights) = jax.lax.scan(
+        body, (zeros, jnp.float32(0.0), jnp.float32(0.0)), xs
+    )
+    denominator = jnp.maximum(total, 1e-12)
+    shares = weights / denominator
+    metrics = {name: jnp.sum(value * shares) for name, value in metrics.items()}
+    if base.LOSS_WEIGHT in metrics:
+        metrics[base.LOSS_WEIGHT] = total
+    grads = jax.tree.map(lambda g: g / denominator, grad_sum)
+    return loss_sum / denominator, metrics, grads
+
+
+def make_train_step(
+    model: base.TrainModel,
+    *,
+    microbatches: int = 1,
+    learning_rate_fn: optax.Schedule | None = None,
+) -> Callable[[TrainState, base.Batch, jax.Array], tuple[TrainState, base.Metrics]]:
+    """The pure train step (see the module docstring).
+
+    Args:
+      model: the model.
+      microbatches: k, gradient accumulation steps.
+      learning_rate_fn: adds metrics['learning_rate'] = learning_rate_fn(step) when given.
+
+    Returns:
+      `train_step(state, batch, rng) -> (state, metrics)`; metrics are the model's, with
+      'loss', 'grad_norm' (before clipping), 'nonfinite' (1.0 = update skipped).
+    """
+
+    def train_step(state, batch, rng):
+        rng = jax.random.fold_in(rng, state.step)
+        loss, metrics, grads = _weighted_loss_and_grads(model, state, batch, rng, microbatches)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updated = state.apply_gradients(grads)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            NONFINITE: 1.0 - finite.astype(jnp.float32),
+        }
+        if learning_rate_fn is not None:
+            metrics["learning_rate"] = learning_rate_fn(state.step)
+        return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+    return train_step
+
+
+def make_eval_step(model: base.TrainModel) -> Callable[..., base.Metrics]:
+    """`eval_step(params, model_state, batch, rng) -> metrics`, the loss in eval mode."""
+
+    def eval_step(params, model_state, batch, rng):
+        variables = {"params": params, **model_state}
+        loss, metrics = model.loss(variables, batch, rng, step=jnp.int32(0), train=False)
+        return {k: jnp.asarray(v, jnp.float32) for k, v in {**metrics, "loss": loss}.items()}
+
+    return eval_step
+
+
+# ---------------------------------------------------------------------------------------
+# Sharded init and restore.
+# ---------------------------------------------------------------------------------------
+
+
+def _shapes(batch: base.Batch) -> dict[str, jax.ShapeDtypeStruct]:
+    return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in batch.items()}
+
+
+def _state_factory(model: base.TrainModel, tx: optax.GradientTransformation, batch: base.Batch):
+    """`init_fn(rng) -> boxed TrainState` for the shapes of `batch`."""
+    shapes = _shapes(batch)
+
+    def init_fn(rng):
+        variables = dict(model.init_variables(rng, shapes))
+        params = variables.pop("params")
+        return TrainState.create(params=params, tx=tx, model_state=variables)
+
+    return init_fn
+
+
+def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest):
+    """The state by the restore order (resume > init_checkpoint > scratch) and its shardings."""
+    with nn.logical_axis_rules(()):
+        boxed = jax.eval_shape(init_fn, rng)
+    shardings = partitioning.state_shardings(boxed, mesh, rules)
+    abstract = checkpointing.abstract_state(nn.unbox(boxed), shardings)
+    if latest is not None:
+        logging.info("resuming from step %d of %s", latest, checkpointer.directory)
+        state, _ = checkpointer.restore(latest, abstract)
+        return state, shardings
+    if config.init_checkpoint and not config.init_params_only:
+        return checkpointing.restore_from(config.init_checkpoint, abstract), shardings
+    with nn.logical_axis_rules(()), jax.set_mesh(mesh):
+        state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
+    if config.init_checkpoint:
+        params = checkpointing.restore_from(
+            config.init_checkpoint, abstract.params, params_only=True
+        )
+        state = state.replace(
+            params=params,
+            opt_state=jax.jit(state.tx.init, out_shardings=shardings.opt_state)(params),
+        )
+    return state, shardings
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics and evaluation.
+# ---------------------------------------------------------------------------------------
+
+
+@functools.lru_cache
+def _averages(names: tuple[str, ...]) -> type[clu_metrics.Collection]:
+    """A clu collection (one class per name set) averaging each named scalar over steps."""
+    return clu_metrics.Collection.create(
+        **{name: clu_metrics.Average.from_output(name) for name in names}
+    )
+
+
+def _to_floats(collection: clu_metrics.Collection) -> dict[str, float]:
+    return {k: float(v) for k, v in collection.compute().items()}
+
+
+def evaluate(eval_step, state, batches: Iterator[base.Batch], mesh, rng, max_batches):
+    """Averages `eval_step`'s metrics over up to `max_batches` batches, each batch weighing 1.
+
+    Returns:
+      {name: value} averaged over batches, or {} when there is no batch.
+    """
+    collection = None
+    for index, batch in enumerate(batches):
+        if max_batches is not None and index >= max_batches:
+            break
+        global_batch = partitioning.make_global_batch(batch, mesh)
+        with partitioning.mesh_context(mesh):
+            metrics = eval_step(
+                state.params, state.model_state, global_batch, jax.random.fold_in(rng, index)
+            )
+        if collection is None:
+            collection = _averages(tuple(sorted(metrics))).empty()
+        collection = collection.merge(type(collection).single_from_model_output(**metrics))
+    return {} if collection is None else _to_floats(collection)
+
+
+def _log_line(step: int, num_steps: int, prefix: str, values: dict[str, float]) -> str:
+    shown = " ".join(f"{k} {v:.4g}" for k, v in sorted(values.items()))
+    return f"step {step}/{num_steps} {prefix}: {shown}"
+
+
+# ---------------------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Host-side counters saved in each checkpoint's meta."""
+
+    nonfinite_total: int = 0
+    nonfinite_consecutive: int = 0
+
+    def meta(self, step, train_iter, rng) -> dict:
+        return {
+            "step": step,
+            "input": train_iter.get_state(),
+            "rng": np.asarray(jax.random.key_data(rng)).tolist(),
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_consecutive": self.nonfinite_consecutive,
+        }
+
+
+def _check_nonfinite(progress: _Progress, skipped: bool, step: int, config, checkpointer) -> None:
+    if not skipped:
+        progress.nonfinite_consecutive = 0
+        return
+    progress.nonfinite_total += 1
+    progress.nonfinite_consecutive += 1
+    logging.warning(
+        "step %d: non-finite loss or gradient, update skipped (%d in a row, %d in all)",
+        step,
+        progress.nonfinite_consecutive,
+        progress.nonfinite_total,
+    )
+    if progress.nonfinite_consecutive >= config.max_consecutive_nonfinite:
+        latest = checkpointer.latest_step()
+        raise NonFiniteError(
+            f"{progress.nonfinite_consecutive} consecutive steps with a non-finite loss or "
+            f"gradient at step {step}; stopping. The latest checkpoint (step {latest}) holds "
+            "finite values: lower the learning rate or check the data, then resume."
+        )
+
+
+def train(
+    *,
+    model: base.TrainModel,
+    optimizer: optimizers.OptimizerConfig,
+    config: TrainerConfig,
+    mesh: jax.sharding.Mesh,
+    train_iter: Any,
+    model_dir: os.PathLike,
+    eval_iter_fn: Callable[[], Iterator[base.Batch]] | None = None,
+    rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
+    hooks: Sequence[Callable[[int, TrainState], None]] = (),
+) -> TrainResult:
+    """Trains `model` until `config.num_steps` (see the module docstring).
+
+    Args:
+      model: the model wrapper.
+      optimizer: the optimizer settings.
+      config: the loop settings.
+      mesh: the device mesh.
+      train_iter: an iterator of this host's numpy batches with `get_state` / `set_state`
+        (`input_pipeline.InputIterator`).
+      model_dir: checkpoints under `<model_dir>/checkpoints`, TensorBoard events in it.
+      eval_iter_fn: makes a fresh iterator over the eval data (None: no evaluation).
+      rules: logical axis rules.
+      hooks: `hook(step, state)` after every applied step (e.g. profiling, tests).
+
+    Returns:
+      How training ended.
+
+    Raises:
+      NonFiniteError: `max_consecutive_nonfinite` skipped steps in a row.
+    """
+    checkpointer = checkpointing.Checkpointer(
+        model_dir,
+        keep_last=config.keep_last,
+        keep_best=config.keep_best,
+        best_metric=config.best_metric,
+        best_mode=config.best_mode,
+        async_save=config.async_checkpointing,
+    )
+    writer = metric_writers.create_default_writer(
+        os.fspath(model_dir), just_logging=jax.process_index() > 0
+    )
+    run = _Run(
+        model=model,
+        config=config,
+        mesh=mesh,
+        rules=rules,
+        train_iter=train_iter,
+        eval_iter_fn=eval_iter_fn,
+        checkpointer=checkpointer,
+        writer=writer,
+    )
+    try:
+        with checkpointing.PreemptionHandler() as preemption:
+            state, batch = run.restore_or_init(optimizer)
+            return run.loop(state, batch, optimizer, preemption, hooks)
+    finally:
+        checkpointer.close()
+        writer.flush()
+
+
+@dataclasses.dataclass
+class _Run:
+    """One `train` call: its inputs, I/O objects, rng and counters; the loop's parts."""
+
+    model: base.TrainModel
+    config: TrainerConfig
+    mesh: jax.sharding.Mesh
+    rules: partitioning.LogicalRules
+    train_iter: Any
+    eval_iter_fn: Callable[[], Iterator[base.Batch]] | None
+    checkpointer: checkpointing.Checkpointer
+    writer: Any
+    rng: jax.Array | None = None
+    progress: _Progress = dataclasses.field(default_factory=_Progress)
+    shardings: Any = None
+    eval_step: Any = None
+
+    def restore_or_init(self, optimizer) -> tuple[TrainState, base.Batch]:
+        """The state by the restore order, and the first batch (after the restored position)."""
+        init_rng, self.rng = jax.random.split(jax.random.key(self.config.seed))
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            meta = self.checkpointer.restore_meta(latest)
+            self.train_iter.set_state(meta["input"])
+            self.rng = jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32))
+            self.progress = _Progress(meta["nonfinite_total"], meta["nonfinite_consecutive"])
+        batch = next(self.train_iter)
+        init_fn = _state_factory(self.model, optimizers.make_optimizer(optimizer), batch)
+        state, self.shardings = _init_or_restore(
+            init_fn, init_rng, self.mesh, self.rules, self.config, self.checkpointer, latest
+        )
+        return state, batch
+
+    def save(self, state: TrainState, step: int, metrics: dict | None = None) -> None:
+        meta = self.progress.meta(step, self.train_iter, self.rng)
+        self.checkpointer.save(step, state, meta, metrics=metrics)
+
+    def evaluate(self, state: TrainState, step: int) -> dict[str, float]:
+        if self.eval_step is None:
+            self.eval_step = jax.jit(make_eval_step(self.model))
+        values = evaluate(
+            self.eval_step,
+            state,
+            self.eval_iter_fn(),
+            self.mesh,
+            self.rng,
+            self.config.eval_batches,
+        )
+        self.writer.write_scalars(step, {f"eval/{k}": v for k, v in values.items()})
+        logging.info(_log_line(step, self.config.num_steps, "eval", values))
+        return values
+
+    def log_train(self, step: int, collection: clu_metrics.Collection) -> None:
+        values = _to_floats(collection)
+        self.writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
+        logging.info(_log_line(step, self.config.num_steps, "train", values))
+
+    def periodic(self, state: TrainState, step: int, eval_metrics: dict) -> dict:
+        """Eval and checkpoint when due at `step`; returns the latest eval metrics."""
+        config = self.config
+        evaluated = (
+            self.eval_iter_fn is not None
+            and config.eval_every > 0
+            and step % config.eval_every == 0
+        )
+        if evaluated:
+            eval_metrics = self.evaluate(state, step)
+        if step % config.checkpoint_every == 0 or (evaluated and config.keep_best):
+            self.save(state, step, eval_metrics if evaluated and eval_metrics else None)
+        return eval_metrics
+
+    def loop(self, state, batch, optimizer, preemption, hooks) -> TrainResult:
+        """Steps until `num_steps`, the data's end, a signal or too many non-finite steps."""
+        config, step = self.config, int(state.step)
+        logging.info("training from step %d to %d", step, config.num_steps)
+        step_fn = make_train_step(
+            self.model,
+            microbatches=config.microbatches,
+            learning_rate_fn=optimizers.make_schedule(optimizer),
+        )
+        train_step = partitioning.jit_train_step(
+            step_fn, self.shardings, partitioning.batch_sharding(self.mesh), self.mesh, self.rules
+        )
+        report = periodic_actions.ReportProgress(
+            num_train_steps=config.num_steps, writer=self.writer, every_steps=config.log_every
+        )
+        collection, eval_metrics = None, {}
+        while step < config.num_steps:
+            if batch is None and (batch := next(self.train_iter, None)) is None:
+                logging.warning("step %d: the training data ran out", step)
+                break
+            global_batch = partitioning.make_global_batch(batch, self.mesh)
+            state, metrics = train_step(state, global_batch, self.rng)
+            batch, skipped = None, bool(metrics[NONFINITE])
+            _check_nonfinite(self.progress, skipped, step, config, self.checkpointer)
+            if not skipped:
+                step += 1
+                single = _averages(tuple(sorted(metrics))).single_from_model_output(**metrics)
+                collection = single if collection is None else collection.merge(single)
+                report(step)
+                for hook in hooks:
+                    hook(step, state)
+                if step % config.log_every == 0:
+                    self.log_train(step, collection)
+                    collection = None
+                eval_metrics = self.periodic(state, step, eval_metrics)
+            # A local signal is acted on alone only in a single-process job; a multi-host job
+            # agrees on the step through JAX's preemption sync point (`reached_preemption`).
+            local = preemption.requested and jax.process_count() == 1
+            if local or self.checkpointer.reached_preemption(step):
+                self.save(state, step)
+                self.checkpointer.wait()
+                logging.warning("stopped at step %d on a signal; checkpoint saved", step)
+                return TrainResult(state, step, True, self.progress.nonfinite_total, eval_metrics)
+        done_eval = config.eval_every and step % config.eval_every == 0 and eval_metrics
+        if self.eval_iter_fn is not None and not done_eval:
+            eval_metrics = self.evaluate(state, step)
+        self.save(state, step, eval_metrics or None)
+        self.checkpointer.wait()
+        return TrainResult(state, step, False, self.progress.nonfinite_total, eval_metrics)

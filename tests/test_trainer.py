@@ -1,0 +1,337 @@
+"""The shared trainer: accumulation, non-finite guard, resume after SIGKILL, SIGTERM saves.
+
+A tiny regression model (`ToyModel`, dropout so the step rng matters) and a deterministic
+numpy batch iterator with `get_state` / `set_state` keep these fast; `bigssl train` with the
+BEST-RQ smoke experiment is run end to end at the bottom. Run as a script, this file trains
+the toy model (the subprocess of the SIGKILL test):
+
+    python tests/test_trainer.py MODEL_DIR NUM_STEPS KILL_AT_STEP
+"""
+
+import functools
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigssl_jax import checkpointing, optimizers, partitioning, trainer
+from bigssl_jax.models import base
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FEATURES, BATCH = 16, 8
+
+
+class _Net(nn.Module):
+    """y = v . dropout(tanh(x W)); W [F, 8] ('embed', 'mlp'), v [8] ('mlp',)."""
+
+    @nn.compact
+    def __call__(self, x, train):
+        init = nn.initializers.normal(0.3)
+        w = self.param("w", nn.with_logical_partitioning(init, ("embed", "mlp")), (x.shape[-1], 8))
+        v = self.param("v", nn.with_logical_partitioning(init, ("mlp",)), (8,))
+        hidden = nn.Dropout(0.2, deterministic=not train)(jnp.tanh(x @ w))
+        return hidden @ v
+
+
+class ToyModel:
+    """Weighted squared error of `_Net`; the loss weight is the batch's total row weight."""
+
+    rng_streams = ("dropout",)
+
+    def init_variables(self, rng, batch):
+        return dict(_Net().init(rng, jnp.zeros(batch["x"].shape), train=False))
+
+    def loss(self, variables, batch, rng, *, step, train):
+        del step
+        rngs = base.split_rngs(rng, self.rng_streams)
+        pred = _Net().apply(variables, batch["x"], train, rngs=rngs)
+        weight = jnp.sum(batch["weights"])
+        loss = jnp.sum(batch["weights"] * jnp.square(pred - batch["y"])) / jnp.maximum(weight, 1.0)
+        return loss, {base.LOSS_WEIGHT: weight}
+
+
+def toy_batch(index: int, nan: bool = False) -> dict:
+    rng = np.random.default_rng(index)
+    x = rng.standard_normal((BATCH, FEATURES)).astype(np.float32)
+    if nan:
+        x[0, 0] = np.nan
+    weights = np.ones(BATCH, np.float32)
+    weights[index % BATCH] = 0.0  # a padded row
+    return {"x": x, "y": x[:, 0] * 0.5 - x[:, 1], "weights": weights}
+
+
+class ToyIterator:
+    """Batch i is `toy_batch(i)` (NaN from `nan_from` on); the position is saveable."""
+
+    def __init__(self, nan_from: int | None = None):
+        self.position, self.nan_from = 0, nan_from
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.position += 1
+        nan = self.nan_from is not None and self.position - 1 >= self.nan_from
+        return toy_batch(self.position - 1, nan)
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
+
+
+OPTIMIZER = optimizers.OptimizerConfig(name="adam", peak_lr=1e-2, warmup_steps=2, clip_norm=1.0)
+
+
+def _config(num_steps, **overrides):
+    settings = dict(num_steps=num_steps, log_every=2, checkpoint_every=2, keep_last=2)
+    return trainer.TrainerConfig(**{**settings, **overrides})
+
+
+def _train(model_dir, num_steps, *, hooks=(), nan_from=None, **overrides):
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
+    return trainer.train(
+        model=ToyModel(),
+        optimizer=OPTIMIZER,
+        config=_config(num_steps, **overrides),
+        mesh=mesh,
+        train_iter=ToyIterator(nan_from),
+        model_dir=model_dir,
+        eval_iter_fn=lambda: iter([toy_batch(1000), toy_batch(1001)]),
+        hooks=hooks,
+    )
+
+
+def _saved_steps(model_dir) -> list[int]:
+    """Finalised steps (Orbax renames a step's directory to its number when complete)."""
+    directory = checkpointing.checkpoint_dir(model_dir)
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def _params(state):
+    return jax.tree.map(np.asarray, state.params)
+
+
+# ---------------------------------------------------------------------------------------
+# The pure step.
+# ---------------------------------------------------------------------------------------
+
+
+def _state(tx):
+    init_fn = trainer._state_factory(ToyModel(), tx, toy_batch(0))
+    return nn.unbox(init_fn(jax.random.key(0)))
+
+
+def test_accumulating_microbatches_equals_one_big_batch():
+    tx = optimizers.make_optimizer(OPTIMIZER)
+    model = ToyModel()
+    batch = jax.tree.map(jnp.asarray, toy_batch(3))
+    batch["weights"] = jnp.asarray([1, 0, 2, 1, 0.5, 1, 0, 3], jnp.float32)  # unequal weights
+    eval_model = _NoDropout(model)
+    big, big_metrics = jax.jit(trainer.make_train_step(eval_model))(
+        _state(tx), batch, jax.random.key(1)
+    )
+    small, small_metrics = jax.jit(trainer.make_train_step(eval_model, microbatches=4))(
+        _state(tx), batch, jax.random.key(1)
+    )
+    np.testing.assert_allclose(small_metrics["loss"], big_metrics["loss"], rtol=1e-6)
+    np.testing.assert_allclose(small_metrics["grad_norm"], big_metrics["grad_norm"], rtol=1e-5)
+    assert float(small_metrics[base.LOSS_WEIGHT]) == float(jnp.sum(batch["weights"]))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        _params(small),
+        _params(big),
+    )
+
+
+class _NoDropout:
+    """The model in eval mode for the loss (so microbatch rngs do not matter)."""
+
+    rng_streams = ToyModel.rng_streams
+
+    def __init__(self, model):
+        self.model = model
+
+    def init_variables(self, rng, batch):
+        return self.model.init_variables(rng, batch)
+
+    def loss(self, variables, batch, rng, *, step, train):
+        return self.model.loss(variables, batch, rng, step=step, train=False)
+
+
+def test_nonfinite_step_is_skipped_and_state_unchanged():
+    tx = optimizers.make_optimizer(OPTIMIZER)
+    step = jax.jit(trainer.make_train_step(ToyModel()))
+    state = _state(tx)
+    before = jax.tree.map(np.asarray, state)
+    bad = jax.tree.map(jnp.asarray, toy_batch(0, nan=True))
+    after, metrics = step(state, bad, jax.random.key(0))
+    assert float(metrics[trainer.NONFINITE]) == 1.0
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, after), before)
+    after, metrics = step(after, jax.tree.map(jnp.asarray, toy_batch(1)), jax.random.key(0))
+    assert float(metrics[trainer.NONFINITE]) == 0.0 and int(after.step) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------------------
+
+
+def test_train_logs_evaluates_and_checkpoints(tmp_path):
+    result = _train(tmp_path, 6, eval_every=3)
+    assert result.step == 6 and not result.preempted
+    assert set(result.eval_metrics) >= {"loss", base.LOSS_WEIGHT}
+    assert _saved_steps(tmp_path) == [4, 6]
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_consecutive_nonfinite_steps_stop_with_finite_checkpoints(tmp_path):
+    with pytest.raises(trainer.NonFiniteError, match="3 consecutive steps"):
+        _train(tmp_path, 20, nan_from=5, max_consecutive_nonfinite=3, checkpoint_every=1)
+    assert _saved_steps(tmp_path)[-1] == 5
+    meta = checkpointing.Checkpointer(tmp_path, keep_last=10).restore_meta(5)
+    assert meta["input"] == {"position": 5} and meta["nonfinite_total"] == 0
+    restored = checkpointing.restore_from(tmp_path, None)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored))
+
+
+def test_sigterm_saves_the_current_step_and_stops(tmp_path):
+    def send_sigterm(step, state):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = _train(tmp_path, 10, hooks=[send_sigterm], checkpoint_every=100)
+    assert result.preempted and result.step == 3
+    assert _saved_steps(tmp_path) == [3]
+    assert checkpointing.Checkpointer(tmp_path).restore_meta(3)["input"] == {"position": 3}
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_init_checkpoint_whole_state_or_params_only(tmp_path):
+    first = _train(tmp_path / "first", 2)
+    seen = {}
+
+    def record(step, state):
+        seen.setdefault("start", step)
+
+    whole = _train(tmp_path / "whole", 3, init_checkpoint=str(tmp_path / "first"), hooks=[record])
+    assert seen["start"] == 3 and whole.step == 3  # continued from step 2
+    params_only = _train(
+        tmp_path / "params", 0, init_checkpoint=str(tmp_path / "first"), init_params_only=True
+    )
+    assert int(params_only.state.step) == 0
+    jax.tree.map(np.testing.assert_array_equal, _params(params_only.state), _params(first.state))
+
+
+def _run_script(model_dir, num_steps, kill_at=0):
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    }
+    command = [sys.executable, __file__, str(model_dir), str(num_steps), str(kill_at)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_parameters(tmp_path):
+    straight = _train(tmp_path / "straight", 9)
+    killed = _run_script(tmp_path / "killed", 9, kill_at=5)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    saved = _saved_steps(tmp_path / "killed")
+    assert saved and max(saved) <= 4  # step 2, and step 4 if its write finished in time
+    resumed = _train(tmp_path / "killed", 9)
+    assert resumed.step == straight.step == 9
+    # Equal up to float32 round-off (a restored program may fuse differently: ~1 ulp).
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7)
+    jax.tree.map(close, _params(resumed.state), _params(straight.state))
+    jax.tree.map(
+        close,
+        jax.tree.map(np.asarray, resumed.state.opt_state),
+        jax.tree.map(np.asarray, straight.state.opt_state),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Gin experiments and `bigssl train`.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, corpus, num_layers, model_dim, num_steps",
+    [
+        ("experiments/pretrain_best_rq_smoke.gin", "embedded_tiny", 2, 64, 4),
+        ("experiments/pretrain_best_rq_small.gin", "embedded_small", 4, 256, 600),
+    ],
+)
+def test_experiment_gins_build(name, corpus, num_layers, model_dim, num_steps):
+    import gin
+
+    from bigssl_jax import configurables, gin_utils
+
+    gin.clear_config()
+    try:
+        gin_utils.parse([name])
+        experiment = configurables.ExperimentConfig()
+        trainer_config = configurables.TrainerConfig()
+        optimizer = configurables.OptimizerConfig()
+        with gin.config_scope("train"):
+            train_input = configurables.InputConfig(task="any")
+    finally:
+        gin.clear_config()
+    assert experiment.corpus == corpus and isinstance(experiment.model, base.TrainModel)
+    encoder = experiment.model.encoder
+    assert (encoder.num_layers, encoder.model_dim) == (num_layers, model_dim)
+    assert encoder.use_relative_position
+    assert trainer_config.num_steps == num_steps
+    assert optimizer.name == "adam" and optimizer.decay == "rsqrt" and optimizer.b2 == 0.98
+    assert train_input.batch_size % 8 == 0
+
+
+def test_bigssl_train_smoke_experiment_end_to_end(tmp_path):
+    from bigssl_tasks import toy_corpus
+
+    toy_corpus.write_toy_corpus(
+        tmp_path / "data",
+        "embedded_tiny",
+        splits={"unlabeled": (16, False), "dev": (8, True)},
+        num_shards=1,
+        max_seconds=1.5,
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "bigssl"),
+        "train",
+        "--gin_file=experiments/pretrain_best_rq_smoke.gin",
+        "--gin_bindings=TrainerConfig.num_steps = 2",
+        "--gin_bindings=ExperimentConfig.eval_split = None",  # eval: see the loop test
+        f"--model_dir={tmp_path / 'run'}",
+        f"--data_dir={tmp_path / 'data'}",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train: done at step 2" in done.stdout
+    run = tmp_path / "run"
+    assert _saved_steps(run) == [2]
+    assert list(run.glob("events.out.tfevents.*"))
+    operative = (run / "operative_config.gin").read_text()
+    assert "BestRqTrainModel.encoder" in operative and "TrainerConfig.num_steps = 2" in operative
+
+
+def _main(model_dir: str, num_steps: str, kill_at: str) -> None:
+    def kill(step, state):
+        if step == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    _train(model_dir, int(num_steps), hooks=[kill])
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:])
