@@ -117,14 +117,14 @@ class ConvolutionModule(nn.Module):
             (channels,),
             jnp.float32,
         )
-        y = jax.lax.conv_general_dilated(
-            x,
-            kernel.astype(self.dtype)[:, None, :],
-            window_strides=(1,),
-            padding=(((self.kernel_size - 1) // 2, self.kernel_size // 2),),
-            dimension_numbers=("NWC", "WIO", "NWC"),
-            feature_group_count=channels,
-        )
+        # y[t] = sum_k x[t + k - left] * w[k], written as K shifted multiply-adds rather than a
+        # grouped `conv_general_dilated`: XLA fuses them into one elementwise loop, where its
+        # CPU backend runs grouped convolutions (and their gradients) an order of magnitude
+        # slower (benchmarks/peer_benchmark.py; docs/peer_benchmark.md).
+        length, left = x.shape[1], (self.kernel_size - 1) // 2
+        padded = jnp.pad(x, ((0, 0), (left, self.kernel_size - 1 - left), (0, 0)))
+        kernel = kernel.astype(self.dtype)
+        y = sum(padded[:, k : k + length, :] * kernel[k] for k in range(self.kernel_size))
         return y + bias.astype(self.dtype)
 
     @nn.compact
