@@ -147,21 +147,23 @@ def _our_step(args, config, batch):
     import flax.linen as nn  # noqa: PLC0415
     import jax  # noqa: PLC0415
 
-    from bigssl_jax import optimizers  # noqa: PLC0415
+    from bigssl_jax import optimizers, trainer  # noqa: PLC0415
     from bigssl_jax.layers import frontend  # noqa: PLC0415
     from bigssl_jax.models import pretrain_step, wav2vec2  # noqa: PLC0415
 
-    lib = wav2vec2 if args.objective == "wav2vec2" else pretrain_step
-    model = (wav2vec2.Wav2Vec2Model if lib is wav2vec2 else pretrain_step.BestRqModel)(
-        encoder=config
+    wrapper = (
+        wav2vec2.Wav2Vec2TrainModel
+        if args.objective == "wav2vec2"
+        else pretrain_step.BestRqTrainModel
     )
+    model = wrapper(encoder=config)
     tx = optimizers.make_optimizer(optimizers.OptimizerConfig())
-    state = jax.jit(lambda key: nn.unbox(lib.init_train_state(model, tx, key, batch)))(
+    state = jax.jit(lambda key: nn.unbox(trainer.init_state(model, tx, key, batch)))(
         jax.random.key(0)
     )
     start = time.perf_counter()
     compiled = (
-        jax.jit(lib.make_train_step(model), donate_argnums=(0,))
+        jax.jit(trainer.make_train_step(model), donate_argnums=(0,))
         .lower(state, batch, jax.random.key(1))
         .compile()
     )

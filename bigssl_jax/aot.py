@@ -50,7 +50,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bigssl_jax import flops as flops_lib
-from bigssl_jax import optimizers, partitioning
+from bigssl_jax import optimizers, partitioning, trainer
 from bigssl_jax.layers import frontend
 from bigssl_jax.models import encoder as encoder_lib
 from bigssl_jax.models import pretrain_step
@@ -244,7 +244,7 @@ def _with_shardings(tree: Any, shardings: Any) -> Any:
 
 
 def abstract_inputs(
-    model: pretrain_step.BestRqModel,
+    model: pretrain_step.BestRqTrainModel,
     optimizer: optax.GradientTransformation,
     mesh: jax.sharding.Mesh,
     batch_size: int,
@@ -259,9 +259,7 @@ def abstract_inputs(
     """
     init_batch = {"audio": jax.ShapeDtypeStruct((1, SAMPLE_RATE), jnp.float32)}
     key = jax.eval_shape(lambda: jax.random.key(0))
-    boxed = jax.eval_shape(
-        lambda rng: pretrain_step.init_train_state(model, optimizer, rng, init_batch), key
-    )
+    boxed = jax.eval_shape(lambda rng: trainer.init_state(model, optimizer, rng, init_batch), key)
     shardings = partitioning.state_shardings(boxed, mesh, rules)
     state = _with_shardings(nn.unbox(boxed), shardings)
     batch_sharding = partitioning.batch_sharding(mesh)
@@ -272,7 +270,7 @@ def abstract_inputs(
 
 
 def compile_train_step(
-    model: pretrain_step.BestRqModel,
+    model: pretrain_step.BestRqTrainModel,
     state: Any,
     state_shardings: Any,
     batch: Any,
@@ -283,7 +281,7 @@ def compile_train_step(
     """Lowers and compiles the pre-training step as the trainer jits it (state donated)."""
     replicated = NamedSharding(mesh, P())
     step = jax.jit(
-        pretrain_step.make_train_step(model),
+        trainer.make_train_step(model),
         in_shardings=(state_shardings, partitioning.batch_sharding(mesh), replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
@@ -404,7 +402,7 @@ def _per_chip_bytes(tree: Any) -> int:
 def _describe(
     topology: TpuTopology,
     mesh: jax.sharding.Mesh,
-    model: pretrain_step.BestRqModel,
+    model: pretrain_step.BestRqTrainModel,
     optimizer_name: str,
     state: Any,
     batch_size: int,
@@ -486,7 +484,9 @@ def compile_report(
             f"global batch {batch_size} does not divide over data x fsdp = {batch_shards}"
         )
     num_samples = round(config.audio_seconds * SAMPLE_RATE)
-    model = pretrain_step.BestRqModel(encoder=encoder_config, objective=objective, log_mel=log_mel)
+    model = pretrain_step.BestRqTrainModel(
+        encoder=encoder_config, objective=objective, log_mel=log_mel
+    )
     state, shardings, batch, rng = abstract_inputs(
         model, optimizers.make_optimizer(optimizer), mesh, batch_size, num_samples
     )

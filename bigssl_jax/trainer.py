@@ -234,16 +234,32 @@ def _shapes(batch: base.Batch) -> dict[str, jax.ShapeDtypeStruct]:
     return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in batch.items()}
 
 
+def init_state(
+    model: base.TrainModel,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    batch: base.Batch,
+) -> TrainState:
+    """A step-0 state of `model`; params stay boxed with logical axis names (for sharded init).
+
+    Args:
+      model: the model.
+      tx: the optax transform.
+      rng: init key.
+      batch: an example batch (arrays or `jax.ShapeDtypeStruct`s); only shapes matter.
+
+    Returns:
+      A `TrainState` with the 'params' collection as params and every other collection
+      (e.g. BEST-RQ's 'frozen' quantiser) as model_state.
+    """
+    variables = dict(model.init_variables(rng, batch))
+    params = variables.pop("params")
+    return TrainState.create(params=params, tx=tx, model_state=variables)
+
+
 def _state_factory(model: base.TrainModel, tx: optax.GradientTransformation, batch: base.Batch):
     """`init_fn(rng) -> boxed TrainState` for the shapes of `batch`."""
-    shapes = _shapes(batch)
-
-    def init_fn(rng):
-        variables = dict(model.init_variables(rng, shapes))
-        params = variables.pop("params")
-        return TrainState.create(params=params, tx=tx, model_state=variables)
-
-    return init_fn
+    return functools.partial(init_state, model, tx, batch=_shapes(batch))
 
 
 def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest):

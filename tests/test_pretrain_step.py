@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bigssl_jax import trainer
 from bigssl_jax.layers import frontend, quantizers
 from bigssl_jax.models import encoder as encoder_lib
 from bigssl_jax.models import pretrain_step
@@ -62,13 +63,11 @@ def test_targets_are_the_quantizer_codes_of_unmasked_features():
 
 
 def test_train_step_lowers_the_loss_and_keeps_the_quantizer_frozen():
-    model = pretrain_step.BestRqModel(encoder=ENCODER, objective=OBJECTIVE)
+    model = pretrain_step.BestRqTrainModel(encoder=ENCODER, objective=OBJECTIVE)
     batch = _batch()
-    state = nn.unbox(
-        pretrain_step.init_train_state(model, optax.adam(3e-3), jax.random.key(0), batch)
-    )
+    state = nn.unbox(trainer.init_state(model, optax.adam(3e-3), jax.random.key(0), batch))
     frozen = state.model_state
-    step = jax.jit(pretrain_step.make_train_step(model))
+    step = jax.jit(trainer.make_train_step(model))
     losses = []
     for _ in range(8):
         state, metrics = step(state, batch, jax.random.key(5))

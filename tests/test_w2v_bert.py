@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from bigssl_jax import partitioning
+from bigssl_jax import partitioning, trainer
 from bigssl_jax.models import base, ssl_losses, w2v_bert, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
 
@@ -52,7 +52,7 @@ def _batch():
 
 @functools.cache
 def _init():
-    init = jax.jit(lambda rng: nn.unbox(w2v_bert.init_train_state(MODEL, TX, rng, _batch())))
+    init = jax.jit(lambda rng: nn.unbox(trainer.init_state(TRAIN_MODEL, TX, rng, _batch())))
     return init(jax.random.key(0))
 
 
@@ -148,7 +148,7 @@ def test_mlm_module_reads_the_contrastive_module():
 def test_train_steps_lower_the_loss():
     state, batch, eval_rng = _init(), _batch(), jax.random.key(9)
     before, _ = _term_grads(state.params, batch, eval_rng, 0)
-    step = jax.jit(w2v_bert.make_train_step(MODEL))
+    step = jax.jit(trainer.make_train_step(TRAIN_MODEL))
     for _ in range(8):
         state, metrics = step(state, batch, jax.random.key(5))
     after, _ = _term_grads(state.params, batch, eval_rng, 0)
@@ -164,9 +164,9 @@ def test_train_steps_lower_the_loss():
 def _param_shapes(num_layers, num_contrastive_layers, split_layers=()):
     encoder = dataclasses.replace(ENCODER, num_layers=num_layers, split_layers=split_layers)
     objective = dataclasses.replace(OBJECTIVE, num_contrastive_layers=num_contrastive_layers)
-    model = w2v_bert.W2vBertModel(encoder, objective)
+    model = w2v_bert.W2vBertTrainModel(encoder=encoder, objective=objective)
     state = jax.eval_shape(
-        lambda: nn.unbox(w2v_bert.init_train_state(model, TX, jax.random.key(0), _batch()))
+        lambda: nn.unbox(trainer.init_state(model, TX, jax.random.key(0), _batch()))
     )
     return jax.tree.map(lambda x: x.shape, state.params)
 
@@ -220,15 +220,18 @@ def test_invalid_configs_are_rejected():
     stacked = dataclasses.replace(ENCODER, num_layers=3, stacking_layer=2)
     with pytest.raises(ValueError, match="stacking_layer"):
         jax.eval_shape(
-            lambda: w2v_bert.init_train_state(
-                w2v_bert.W2vBertModel(stacked, OBJECTIVE), TX, jax.random.key(0), _batch()
+            lambda: trainer.init_state(
+                w2v_bert.W2vBertTrainModel(encoder=stacked, objective=OBJECTIVE),
+                TX,
+                jax.random.key(0),
+                _batch(),
             )
         )
 
 
 def test_params_have_known_logical_axis_names():
     boxed = jax.eval_shape(
-        lambda: w2v_bert.init_train_state(MODEL, TX, jax.random.key(0), _batch())
+        lambda: trainer.init_state(TRAIN_MODEL, TX, jax.random.key(0), _batch())
     ).params
     known = {name for name, _ in partitioning.LOGICAL_AXIS_RULES}
     is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731

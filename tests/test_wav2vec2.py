@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bigssl_jax import partitioning
+from bigssl_jax import partitioning, trainer
 from bigssl_jax.models import base, ssl_losses, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
 
@@ -57,9 +57,9 @@ def _batch():
 
 
 @functools.cache
-def _init(model):
-    """The step-0 train state of `model` (unboxed)."""
-    init = jax.jit(lambda rng: nn.unbox(wav2vec2.init_train_state(model, TX, rng, _batch())))
+def _init(train_model):
+    """The step-0 train state of `train_model` (unboxed)."""
+    init = jax.jit(lambda rng: nn.unbox(trainer.init_state(train_model, TX, rng, _batch())))
     return init(jax.random.key(0))
 
 
@@ -80,7 +80,7 @@ def _outputs(model, params, batch, rng):
     )
 
 
-_train_step = jax.jit(wav2vec2.make_train_step(MODEL))
+_train_step = jax.jit(trainer.make_train_step(TRAIN_MODEL))
 
 
 def _numpy_diversity(probs, mask):
@@ -92,7 +92,7 @@ def _numpy_diversity(probs, mask):
 
 
 def test_outputs_shapes_masks_and_codes():
-    params = _init(MODEL).params
+    params = _init(TRAIN_MODEL).params
     out = _outputs(MODEL, params, _batch(), jax.random.key(1))
     assert out.context.shape == out.targets.vectors.shape == (8, 25, 16)
     assert out.targets.ids.shape == (8, 25, 2)
@@ -113,7 +113,7 @@ def test_outputs_shapes_masks_and_codes():
 
 
 def test_loss_is_the_weighted_sum_of_the_terms():
-    params, batch, rng = _init(MODEL).params, _batch(), jax.random.key(3)
+    params, batch, rng = _init(TRAIN_MODEL).params, _batch(), jax.random.key(3)
     (loss, metrics), _ = _loss_and_grads(TRAIN_MODEL, params, batch, rng, 0)
     out = _outputs(MODEL, params, batch, rng)
     _, negatives_rng = wav2vec2.split_rngs(rng)
@@ -135,7 +135,7 @@ def test_loss_is_the_weighted_sum_of_the_terms():
 
 def test_gradients_are_finite_and_reach_encoder_quantizer_and_mask_embedding():
     (loss, _), grads = _loss_and_grads(
-        TRAIN_MODEL, _init(MODEL).params, _batch(), jax.random.key(4), 0
+        TRAIN_MODEL, _init(TRAIN_MODEL).params, _batch(), jax.random.key(4), 0
     )
     assert np.isfinite(float(loss))
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
@@ -151,7 +151,7 @@ def test_gradients_are_finite_and_reach_encoder_quantizer_and_mask_embedding():
 
 
 def test_train_steps_lower_the_loss_and_anneal_the_temperature():
-    state, batch, eval_rng = _init(MODEL), _batch(), jax.random.key(9)
+    state, batch, eval_rng = _init(TRAIN_MODEL), _batch(), jax.random.key(9)
     (before, _), _ = _loss_and_grads(TRAIN_MODEL, state.params, batch, eval_rng, 0)
     # Start where the temperature has visibly annealed: 2 * 0.999995**200_000 = 0.74.
     state = state.replace(step=jnp.asarray(200_000, jnp.int32))
@@ -166,7 +166,7 @@ def test_train_steps_lower_the_loss_and_anneal_the_temperature():
 
 
 def test_linear_target_variant_has_no_codebook_terms():
-    params = _init(LINEAR_MODEL).params
+    params = _init(LINEAR_TRAIN_MODEL).params
     assert jax.tree.map(np.shape, params["quantizer"]) == {
         "linear": {"target_projection": {"kernel": (64, 16)}}
     }
@@ -194,11 +194,10 @@ def test_stacked_span_mask_masks_both_frames_of_a_masked_context_frame():
 
 
 def test_stacking_layer_halves_the_target_and_context_rate():
-    model = STACKED_TRAIN_MODEL.module
-    params = _init(model).params
+    params = _init(STACKED_TRAIN_MODEL).params
     # Targets quantise pairs of embedding frames: [B, 13, 2 x 64] inputs.
     assert params["quantizer"]["gumbel"]["logits_kernel"].shape == (128, 2, 16)
-    out = jax.eval_shape(_outputs, model, params, _batch(), jax.random.key(1))
+    out = jax.eval_shape(_outputs, STACKED_TRAIN_MODEL.module, params, _batch(), jax.random.key(1))
     assert out.context.shape == out.targets.vectors.shape == (8, 13, 16)
     assert out.mask.shape == out.paddings.shape == (8, 13)
     (loss, metrics), grads = _loss_and_grads(
@@ -212,7 +211,7 @@ def test_stacking_layer_halves_the_target_and_context_rate():
 
 def test_params_have_known_logical_axis_names():
     boxed = jax.eval_shape(
-        lambda: wav2vec2.init_train_state(MODEL, TX, jax.random.key(0), _batch())
+        lambda: trainer.init_state(TRAIN_MODEL, TX, jax.random.key(0), _batch())
     ).params
     known = {name for name, _ in partitioning.LOGICAL_AXIS_RULES}
     is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
@@ -224,15 +223,13 @@ def test_params_have_known_logical_axis_names():
 
 
 def test_data_parallel_step_matches_single_device():
-    host_state, batch, rng = _init(MODEL), _batch(), jax.random.key(1)
+    host_state, batch, rng = _init(TRAIN_MODEL), _batch(), jax.random.key(1)
     reference, reference_metrics = jax.device_get(_train_step(host_state, batch, rng))
     mesh = partitioning.make_mesh(partitioning.MeshConfig(data=8))
-    abstract = jax.eval_shape(
-        lambda: wav2vec2.init_train_state(MODEL, TX, jax.random.key(0), batch)
-    )
+    abstract = jax.eval_shape(lambda: trainer.init_state(TRAIN_MODEL, TX, jax.random.key(0), batch))
     shardings = partitioning.state_shardings(abstract, mesh, partitioning.LOGICAL_AXIS_RULES)
     step = partitioning.jit_train_step(
-        wav2vec2.make_train_step(MODEL), shardings, partitioning.batch_sharding(mesh), mesh
+        trainer.make_train_step(TRAIN_MODEL), shardings, partitioning.batch_sharding(mesh), mesh
     )
     # From host copies: the step donates its state, which must not alias `_init`'s cache.
     state = jax.device_put(jax.device_get(host_state), shardings)

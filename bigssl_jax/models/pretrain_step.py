@@ -23,20 +23,19 @@ projection and codebook live in the 'frozen' variable collection (`TrainState.mo
 only 'params' are trained.
 
 The wav2vec 2.0 and w2v-BERT objectives add their own model classes next to `BestRqModel`
-with the same `__call__` -> outputs, `loss_fn` and `make_train_step` shape.
+with the same `__call__` -> outputs and `loss_fn` shape, each wrapped as a `models.base.TrainModel`
+that `trainer.make_train_step` turns into the one pure train step.
 """
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
-from bigssl_jax import train_state as train_state_lib
 from bigssl_jax.layers import frontend, masking, quantizers
 from bigssl_jax.models import encoder as encoder_lib
 from bigssl_jax.models import ssl_losses
@@ -219,34 +218,6 @@ class BestRqModel(nn.Module):
         )
 
 
-def init_train_state(
-    model: BestRqModel,
-    optimizer: optax.GradientTransformation,
-    rng: jax.Array,
-    batch: Batch,
-) -> train_state_lib.TrainState:
-    """A step-0 state; params stay boxed with logical axis names (for sharded init).
-
-    Args:
-      model: the model.
-      optimizer: the optax transform.
-      rng: init key.
-      batch: an example batch (arrays or `jax.ShapeDtypeStruct`s) with 'audio' and
-        'audio_paddings' [B, S]; only shapes matter.
-
-    Returns:
-      A `TrainState` with 'params' as params and the 'frozen' collection as model_state.
-    """
-    params_rng, masking_rng = jax.random.split(rng)
-    audio = jnp.zeros(batch["audio"].shape, jnp.float32)
-    variables = model.init(
-        {"params": params_rng, "masking": masking_rng}, audio, jnp.zeros_like(audio), train=False
-    )
-    variables = dict(variables)
-    params = variables.pop("params")
-    return train_state_lib.TrainState.create(params=params, tx=optimizer, model_state=variables)
-
-
 def loss_fn(
     model: BestRqModel,
     variables: Mapping[str, Any],
@@ -282,34 +253,6 @@ def loss_fn(
         "num_masked_frames": jnp.sum(out.mask.astype(jnp.float32)),
     }
     return loss, metrics
-
-
-def make_train_step(
-    model: BestRqModel,
-) -> Callable[[train_state_lib.TrainState, Batch, jax.Array], tuple[Any, Metrics]]:
-    """The pure pre-training step: forward, backward, optimizer update.
-
-    The optimizer is the state's `tx` (see `init_train_state`).
-
-    Args:
-      model: the model.
-
-    Returns:
-      `train_step(state, batch, rng) -> (state, metrics)`; metrics add 'grad_norm' to
-      `loss_fn`'s.
-    """
-
-    def train_step(state, batch, rng):
-        rng = jax.random.fold_in(rng, state.step)
-
-        def params_loss(params):
-            return loss_fn(model, {"params": params, **state.model_state}, batch, rng)
-
-        (_, metrics), grads = jax.value_and_grad(params_loss, has_aux=True)(state.params)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        return state.apply_gradients(grads), metrics
-
-    return train_step
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

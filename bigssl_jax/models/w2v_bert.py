@@ -26,14 +26,13 @@ distractor sampling (as `wav2vec2`).
 """
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 
-from bigssl_jax import train_state as train_state_lib
 from bigssl_jax.layers import frontend, quantizers
 from bigssl_jax.models import base, pretrain_step, ssl_losses, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
@@ -41,7 +40,6 @@ from bigssl_jax.models import encoder as encoder_lib
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 RNG_STREAMS = wav2vec2.RNG_STREAMS
-init_train_state = wav2vec2.init_train_state
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -208,13 +206,6 @@ def loss_fn(
     )
     loss, totals = ssl_losses.combine_losses(losses, weights)
     return loss, {**metrics, **mlm_metrics, **totals, "gumbel_temperature": out.temperature}
-
-
-def make_train_step(
-    model: W2vBertModel, weights: ssl_losses.SSLLossWeights = wav2vec2.DEFAULT_WEIGHTS
-) -> Callable[[train_state_lib.TrainState, Batch, jax.Array], tuple[Any, Metrics]]:
-    """The pure pre-training step (see `wav2vec2.make_train_step`) with the w2v-BERT loss."""
-    return wav2vec2.make_train_step(model, weights, loss=loss_fn)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

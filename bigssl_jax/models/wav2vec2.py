@@ -35,16 +35,14 @@ one key of `loss_fn` for distractor sampling. All parameters are in 'params'.
 """
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
-from bigssl_jax import train_state as train_state_lib
 from bigssl_jax.layers import frontend, masking, quantizers, subsampling
 from bigssl_jax.models import base, ssl_losses
 from bigssl_jax.models import encoder as encoder_lib
@@ -284,28 +282,6 @@ def init_variables(model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, 
     return dict(model.init(rngs, audio, jnp.zeros_like(audio), step=0, train=False))
 
 
-def init_train_state(
-    model: nn.Module,
-    optimizer: optax.GradientTransformation,
-    rng: jax.Array,
-    batch: Batch,
-) -> train_state_lib.TrainState:
-    """A step-0 state; params stay boxed with logical axis names (for sharded init).
-
-    Args:
-      model: `Wav2Vec2Model` or `w2v_bert.W2vBertModel`.
-      optimizer: the optax transform.
-      rng: init key.
-      batch: an example batch with 'audio' [B, S]; only shapes matter.
-
-    Returns:
-      A `TrainState` with 'params' as params.
-    """
-    variables = init_variables(model, rng, batch)
-    params = variables.pop("params")
-    return train_state_lib.TrainState.create(params=params, tx=optimizer, model_state=variables)
-
-
 def split_rngs(rng: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
     """One key per model rng stream (`RNG_STREAMS`) and one for distractor sampling."""
     keys = jax.random.split(rng, len(RNG_STREAMS) + 1)
@@ -383,40 +359,6 @@ def loss_fn(
     )
     loss, totals = ssl_losses.combine_losses(losses, weights)
     return loss, {**metrics, **totals, "gumbel_temperature": out.temperature}
-
-
-def make_train_step(
-    model: nn.Module,
-    weights: ssl_losses.SSLLossWeights = DEFAULT_WEIGHTS,
-    loss: Callable[..., tuple[jax.Array, Metrics]] = loss_fn,
-) -> Callable[[train_state_lib.TrainState, Batch, jax.Array], tuple[Any, Metrics]]:
-    """The pure pre-training step: forward, backward, optimizer update.
-
-    The optimizer is the state's `tx` (see `init_train_state`); the Gumbel temperature
-    follows `state.step`.
-
-    Args:
-      model: the model.
-      weights: loss term weights.
-      loss: the loss function (`loss_fn` here, `w2v_bert.loss_fn` for w2v-BERT).
-
-    Returns:
-      `train_step(state, batch, rng) -> (state, metrics)`; metrics add 'grad_norm' to the
-      loss's.
-    """
-
-    def train_step(state, batch, rng):
-        rng = jax.random.fold_in(rng, state.step)
-
-        def params_loss(params):
-            variables = {"params": params, **state.model_state}
-            return loss(model, variables, batch, rng, step=state.step, weights=weights)
-
-        (_, metrics), grads = jax.value_and_grad(params_loss, has_aux=True)(state.params)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        return state.apply_gradients(grads), metrics
-
-    return train_step
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
