@@ -48,9 +48,13 @@ def _usage() -> str:
 
 
 def _with_gin(command_main):
-    """Wraps a command's main: parse gin, save the config, run, save the operative config."""
+    """Wraps a command's main: check for stray arguments, parse gin, save the config, run,
+    save the operative config."""
 
     def run(argv):
+        if len(argv) > 1:
+            print(f"{argv[0]}: unexpected arguments {argv[1:]}", file=sys.stderr)
+            return 2
         if common_flags.GIN_FILE.value or common_flags.GIN_BINDINGS.value:
             # Registering every configurable imports JAX; commands given no gin skip it.
             from bigssl_jax import configurables  # noqa: F401

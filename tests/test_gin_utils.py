@@ -106,3 +106,14 @@ def test_cli_unknown_command_exit_code_2():
     )
     assert result.returncode == 2
     assert "unknown command 'no-such-command'" in result.stderr
+
+
+def test_cli_rejects_stray_arguments_with_exit_code_2():
+    result = subprocess.run(
+        [sys.executable, "-m", "bigssl_jax.cli", "vocab", "--corpus=x", "stray"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "bigssl vocab: unexpected arguments ['stray']" in result.stderr

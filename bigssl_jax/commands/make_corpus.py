@@ -48,9 +48,6 @@ def _snr_range(values: list[str] | None) -> tuple[float, float] | None:
 
 def main(argv) -> int:
     """Makes the corpus and prints a one-line summary."""
-    if len(argv) > 1:
-        print(f"make-corpus: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
     if common_flags.JOBS.value < 1:
         print(
             f"make-corpus: --jobs must be at least 1, got {common_flags.JOBS.value}",

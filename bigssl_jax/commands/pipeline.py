@@ -20,9 +20,6 @@ _PRESET = flags.DEFINE_enum(
 
 def main(argv) -> int:
     """Runs the pipeline; user errors are one line on stderr and exit code 1."""
-    if len(argv) > 1:
-        print(f"pipeline: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
     try:
         return pipeline.run(
             _PRESET.value,

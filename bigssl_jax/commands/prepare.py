@@ -121,9 +121,6 @@ def _run(data_dir: pathlib.Path, options: prepare.PrepareOptions) -> list[prepar
 
 def main(argv) -> int:
     """Prepares the split(s) named by the flags; prints one summary line per split."""
-    if len(argv) > 1:
-        print(f"bigssl prepare: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
     if common_flags.JOBS.value < 1 or (_NUM_SHARDS.value is not None and _NUM_SHARDS.value < 1):
         print("bigssl prepare: --jobs and --num_shards must be at least 1", file=sys.stderr)
         return 2

@@ -75,9 +75,6 @@ def _describe(batch: dict, vocabulary, rows: int) -> list[str]:
 
 def main(argv) -> int:
     """Prints `--num_batches` batches of the chosen task."""
-    if len(argv) > 1:
-        print(f"show-batches: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
     if not _CORPUS.value:
         print("show-batches: --corpus is required", file=sys.stderr)
         return 2

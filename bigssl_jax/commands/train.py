@@ -106,9 +106,6 @@ def run(model_dir: str, data_dir) -> int:
 
 def main(argv) -> int:
     """Trains from the parsed gin into `--model_dir`."""
-    if len(argv) > 1:
-        print(f"train: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
     if not common_flags.MODEL_DIR.value:
         print("train: --model_dir is required", file=sys.stderr)
         return 2

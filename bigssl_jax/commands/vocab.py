@@ -25,9 +25,6 @@ _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 1024, "Pieces asked for (a soft
 
 def main(argv) -> int:
     """Trains the vocabulary and prints where it went and how many pieces it has."""
-    if len(argv) > 1:
-        print(f"vocab: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
     if not _CORPUS.value:
         print("vocab: --corpus is required", file=sys.stderr)
         return 2
