@@ -33,7 +33,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 
-from bigssl_jax.layers import frontend, quantizers
+from bigssl_jax.layers import frontend
 from bigssl_jax.models import base, pretrain_step, ssl_losses, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
 
@@ -139,34 +139,28 @@ class W2vBertModel(nn.Module):
         config, contrastive_stage = split_encoder(
             self.encoder, self.objective.num_contrastive_layers
         )
-        stride = wav2vec2.context_stride(config, self.objective.num_contrastive_layers)
-        objective, dtype = self.objective.contrastive, config.compute_dtype
-        features, paddings = frontend.LogMelFrontend(self.log_mel, name="log_mel")(audio, paddings)
-        encoder = encoder_lib.ConformerEncoder(config, name="encoder")
-        x, paddings = encoder.embed(features, paddings, train=train)
-        temperature = objective.temperature(step)
-        targets = wav2vec2.ContrastiveTargets(objective, dtype, name="quantizer")(
-            quantizers.stack_frames(x, paddings, stride)[0], temperature=temperature, train=train
-        )
-        mask, input_mask = wav2vec2.stacked_span_mask(
-            self.make_rng("masking"), paddings, stride, objective
-        )
-        x = wav2vec2.MaskEmbedding(name="mask_embedding")(x, input_mask)
-        stages = encoder.encode(x, paddings, train=train)
-        context, paddings = stages[contrastive_stage]
-        context = wav2vec2.context_projection(objective.code_dim, dtype, "final_projection")(
-            context
+        objective = self.objective.contrastive
+        out, stages = wav2vec2.masked_contrastive_forward(
+            self,
+            config,
+            objective,
+            self.log_mel,
+            audio,
+            paddings,
+            contrastive_stage=contrastive_stage,
+            step=step,
+            train=train,
         )
         mlm_logits = pretrain_step.CodeHead(
-            objective.num_groups, objective.num_codes, dtype, name="mlm_head"
+            objective.num_groups, objective.num_codes, config.compute_dtype, name="mlm_head"
         )(stages[-1][0])
         return W2vBertOutput(
-            context=context,
-            targets=targets,
+            context=out.context,
+            targets=out.targets,
             mlm_logits=mlm_logits,
-            mask=mask,
-            paddings=paddings,
-            temperature=temperature,
+            mask=out.mask,
+            paddings=out.paddings,
+            temperature=out.temperature,
         )
 
 

@@ -242,26 +242,72 @@ class Wav2Vec2Model(nn.Module):
         self, audio: jax.Array, paddings: jax.Array, *, step: jax.Array | int, train: bool
     ) -> Wav2Vec2Output:
         """Args: audio [B, S] at 16 kHz; paddings [B, S]; step sets tau; train: dropout, noise."""
-        objective, dtype = self.objective, self.encoder.compute_dtype
-        stride = context_stride(self.encoder, self.encoder.num_layers)
-        features, paddings = frontend.LogMelFrontend(self.log_mel, name="log_mel")(audio, paddings)
-        encoder = encoder_lib.ConformerEncoder(self.encoder, name="encoder")
-        x, paddings = encoder.embed(features, paddings, train=train)
-        temperature = objective.temperature(step)
-        targets = ContrastiveTargets(objective, dtype, name="quantizer")(
-            quantizers.stack_frames(x, paddings, stride)[0], temperature=temperature, train=train
+        out, _ = masked_contrastive_forward(
+            self,
+            self.encoder,
+            self.objective,
+            self.log_mel,
+            audio,
+            paddings,
+            contrastive_stage=-1,
+            step=step,
+            train=train,
         )
-        mask, input_mask = stacked_span_mask(self.make_rng("masking"), paddings, stride, objective)
-        x = MaskEmbedding(name="mask_embedding")(x, input_mask)
-        context, paddings = encoder.encode(x, paddings, train=train)[-1]
-        context = context_projection(objective.code_dim, dtype, "final_projection")(context)
-        return Wav2Vec2Output(
-            context=context,
-            targets=targets,
-            mask=mask,
-            paddings=paddings,
-            temperature=temperature,
-        )
+        return out
+
+
+def masked_contrastive_forward(
+    module: nn.Module,
+    encoder_config: encoder_lib.EncoderConfig,
+    objective: Wav2Vec2Config,
+    log_mel: frontend.LogMelConfig,
+    audio: jax.Array,
+    paddings: jax.Array,
+    *,
+    contrastive_stage: int,
+    step: jax.Array | int,
+    train: bool,
+) -> tuple[Wav2Vec2Output, list[tuple[jax.Array, jax.Array]]]:
+    """The forward pass wav2vec 2.0 and w2v-BERT share, run inside `module`'s `nn.compact` call.
+
+    Log-mel -> subsampled embeddings x -> targets q = quantiser(stacked x); span mask ->
+    x' = mask embedding at masked frames -> Conformer stages -> c = projection of the output
+    of stage `contrastive_stage`. The submodules ('log_mel', 'encoder', 'quantizer',
+    'mask_embedding', 'final_projection') are created here and belong to `module`.
+
+    Args:
+      module: the calling model (its 'masking' rng stream draws the spans).
+      encoder_config: Conformer hyperparameters, cut into stages.
+      objective: wav2vec 2.0 settings (codebook, masking, temperature schedule).
+      log_mel: log-mel front end settings.
+      audio: [B, S] at 16 kHz.
+      paddings: [B, S], 1.0 = padded.
+      contrastive_stage: index of the stage whose output is the context (-1: the last).
+      step: the train step (sets the Gumbel temperature).
+      train: enables dropout and Gumbel noise.
+
+    Returns:
+      (the contrastive part as a `Wav2Vec2Output`, every stage's (outputs, paddings)).
+    """
+    dtype = encoder_config.compute_dtype
+    # Blocks up to the end of the contrastive stage decide the context frame rate.
+    stride = context_stride(encoder_config, encoder_config.stages[contrastive_stage][1])
+    features, paddings = frontend.LogMelFrontend(log_mel, name="log_mel")(audio, paddings)
+    encoder = encoder_lib.ConformerEncoder(encoder_config, name="encoder")
+    x, paddings = encoder.embed(features, paddings, train=train)
+    temperature = objective.temperature(step)
+    targets = ContrastiveTargets(objective, dtype, name="quantizer")(
+        quantizers.stack_frames(x, paddings, stride)[0], temperature=temperature, train=train
+    )
+    mask, input_mask = stacked_span_mask(module.make_rng("masking"), paddings, stride, objective)
+    x = MaskEmbedding(name="mask_embedding")(x, input_mask)
+    stages = encoder.encode(x, paddings, train=train)
+    context, paddings = stages[contrastive_stage]
+    context = context_projection(objective.code_dim, dtype, "final_projection")(context)
+    out = Wav2Vec2Output(
+        context=context, targets=targets, mask=mask, paddings=paddings, temperature=temperature
+    )
+    return out, stages
 
 
 def init_variables(model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
