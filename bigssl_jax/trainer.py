@@ -69,6 +69,9 @@ class TrainerConfig:
       seed: seed of init and of every step's randomness.
       init_checkpoint: when not resuming, start from this checkpoint (see checkpointing).
       init_params_only: take only the params of `init_checkpoint` (fresh optimizer, step 0).
+      init_params_scopes: with `init_params_only`, take only these top-level params subtrees
+        (e.g. ('encoder',) to fine-tune a pre-trained encoder: the pre-training heads are
+        dropped and the new heads keep their fresh init); empty takes every param.
       async_checkpointing: write checkpoints in a background thread.
     """
 
@@ -86,6 +89,7 @@ class TrainerConfig:
     seed: int = 0
     init_checkpoint: str | None = None
     init_params_only: bool = False
+    init_params_scopes: tuple[str, ...] = ()
     async_checkpointing: bool = True
 
 
@@ -277,14 +281,28 @@ def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest):
     with nn.logical_axis_rules(()), jax.set_mesh(mesh):
         state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
     if config.init_checkpoint:
-        params = checkpointing.restore_from(
-            config.init_checkpoint, abstract.params, params_only=True
-        )
+        params = _restore_params(config, abstract.params, state.params)
         state = state.replace(
             params=params,
             opt_state=jax.jit(state.tx.init, out_shardings=shardings.opt_state)(params),
         )
     return state, shardings
+
+
+def _restore_params(config: TrainerConfig, abstract_params, fresh_params):
+    """`init_checkpoint`'s params, or only its `init_params_scopes` with the rest `fresh_params`."""
+    scopes = config.init_params_scopes
+    if not scopes:
+        return checkpointing.restore_from(config.init_checkpoint, abstract_params, params_only=True)
+    missing = [scope for scope in scopes if scope not in abstract_params]
+    if missing:
+        raise ValueError(
+            f"init_params_scopes {missing} are not params of this model "
+            f"(top-level params: {sorted(abstract_params)})"
+        )
+    wanted = {scope: abstract_params[scope] for scope in scopes}
+    restored = checkpointing.restore_from(config.init_checkpoint, wanted, params_only=True)
+    return {**fresh_params, **restored}
 
 
 # ---------------------------------------------------------------------------------------

@@ -231,6 +231,30 @@ def test_init_checkpoint_whole_state_or_params_only(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, _params(params_only.state), _params(first.state))
 
 
+def test_init_params_scopes_take_only_those_subtrees(tmp_path):
+    first = _params(_train(tmp_path / "first", 2).state)
+    fresh = _params(_train(tmp_path / "fresh", 0).state)
+    partial = _train(
+        tmp_path / "partial",
+        0,
+        init_checkpoint=str(tmp_path / "first"),
+        init_params_only=True,
+        init_params_scopes=("w",),
+    )
+    params = _params(partial.state)
+    np.testing.assert_array_equal(params["w"], first["w"])
+    np.testing.assert_array_equal(params["v"], fresh["v"])
+    assert not np.array_equal(first["v"], fresh["v"])
+    with pytest.raises(ValueError, match="init_params_scopes \\['head'\\]"):
+        _train(
+            tmp_path / "bad",
+            0,
+            init_checkpoint=str(tmp_path / "first"),
+            init_params_only=True,
+            init_params_scopes=("head",),
+        )
+
+
 def _run_script(model_dir, num_steps, kill_at=0):
     env = {
         **os.environ,

@@ -23,7 +23,8 @@ microbatch weighs 1. Padded rows (`batch['weights'] == 0`) must contribute nothi
 loss or its weight.
 """
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -73,6 +74,42 @@ class TrainModel(Protocol):
         Returns:
           (loss, metrics): a float32 scalar, and float32 scalars by name, optionally with
           `LOSS_WEIGHT`.
+        """
+        ...
+
+
+class ScoreReport(Protocol):
+    """What `ScoredModel.score` returns.
+
+    Attributes:
+      metrics: scalars by name (e.g. {'wer': 0.12, 'cer': 0.05} or {'accuracy': 0.9}); the
+        trainer logs them under `eval/` and may rank checkpoints by one of them.
+    """
+
+    metrics: dict[str, float]
+
+    def write(self, directory: os.PathLike) -> None:
+        """Writes the report's files (JSON, per-utterance results, ...) into `directory`."""
+        ...
+
+
+@runtime_checkable
+class ScoredModel(Protocol):
+    """A model judged by more than its loss: ASR by word error rate, classifiers by accuracy.
+
+    The trainer calls `score` at each evaluation (besides the eval loss) and `bigssl
+    evaluate` calls it on a restored checkpoint.
+    """
+
+    def score(self, variables: Variables, batches: Iterable[Batch]) -> ScoreReport:
+        """Runs inference (decoding, classification) over host batches and scores it.
+
+        Args:
+          variables: {'params': ..., other collections} (unboxed).
+          batches: host numpy batches of the model's input pipeline, with the 'id' field.
+
+        Returns:
+          The report.
         """
         ...
 
