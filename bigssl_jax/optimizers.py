@@ -25,6 +25,12 @@ clipping at 1, no parameter-scale multiplication. For a matrix gradient G [.., R
 
 (vectors and scalars keep a full v). Its update is `m`, scaled by -lr(s).
 
+Encoder and head schedules (fine-tuning, `encoder_peak_lr`): the params under the top-level
+'encoder' get their own schedule (peak `encoder_peak_lr`, warm-up `encoder_warmup_steps`,
+same decay) and every other param (the decoder, a classifier head) the main one; the recipe
+fine-tunes with encoder 3e-4 / 5k and decoder 1e-3 / 1.5k. `freeze_encoder_steps` = N
+multiplies the encoder's rate by 0 for the first N updates (its Adam moments still track).
+
 EMA (`ema_decay`): after each update, ema <- d * ema + (1 - d) * params, starting from the
 initial params. It lives in the optimizer state (sharded like the params), so it is
 checkpointed with it; read it with `ema_params(opt_state)`.
@@ -58,6 +64,10 @@ class OptimizerConfig:
       clip_norm: global gradient-norm clipping threshold; None disables it.
       ema_decay: keep an exponential moving average of the params with this decay; None
         disables it.
+      encoder_peak_lr: a separate peak rate for the params under 'encoder' (None: one
+        schedule for all params).
+      encoder_warmup_steps: the encoder schedule's warm-up (None: `warmup_steps`).
+      freeze_encoder_steps: the encoder's rate is 0 for this many updates.
     """
 
     name: str = "adam"
@@ -71,6 +81,14 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     clip_norm: float | None = 20.0
     ema_decay: float | None = None
+    encoder_peak_lr: float | None = None
+    encoder_warmup_steps: int | None = None
+    freeze_encoder_steps: int = 0
+
+    @property
+    def separate_encoder(self) -> bool:
+        """Whether the 'encoder' params have their own schedule."""
+        return self.encoder_peak_lr is not None or self.freeze_encoder_steps > 0
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -110,15 +128,30 @@ def linear_warmup(peak_lr: float, warmup_steps: int) -> optax.Schedule:
 
 def make_schedule(config: OptimizerConfig) -> optax.Schedule:
     """The learning rate as a function of the number of applied updates."""
-    if config.decay == "rsqrt":
-        return transformer_schedule(config.peak_lr, config.warmup_steps)
-    warmup = linear_warmup(config.peak_lr, config.warmup_steps)
-    if config.decay == "constant":
+    return _schedule(config.decay, config.peak_lr, config.warmup_steps, config.decay_steps)
+
+
+def make_encoder_schedule(config: OptimizerConfig) -> optax.Schedule:
+    """The 'encoder' params' rate: its own peak and warm-up, 0 while frozen."""
+    peak = config.peak_lr if config.encoder_peak_lr is None else config.encoder_peak_lr
+    warmup = config.encoder_warmup_steps or config.warmup_steps
+    schedule = _schedule(config.decay, peak, warmup, config.decay_steps)
+    frozen = config.freeze_encoder_steps
+
+    def encoder_schedule(count):
+        return jnp.where(jnp.asarray(count) < frozen, 0.0, schedule(count))
+
+    return encoder_schedule
+
+
+def _schedule(decay: str, peak_lr: float, warmup_steps: int, decay_steps: int) -> optax.Schedule:
+    if decay == "rsqrt":
+        return transformer_schedule(peak_lr, warmup_steps)
+    warmup = linear_warmup(peak_lr, warmup_steps)
+    if decay == "constant":
         return warmup
-    cosine = optax.cosine_decay_schedule(
-        config.peak_lr, config.decay_steps - config.warmup_steps + 1
-    )
-    return optax.join_schedules([warmup, cosine], [config.warmup_steps - 1])
+    cosine = optax.cosine_decay_schedule(peak_lr, decay_steps - warmup_steps + 1)
+    return optax.join_schedules([warmup, cosine], [warmup_steps - 1])
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,6 +274,17 @@ def ema_params(opt_state: optax.OptState) -> Any:
 # ---------------------------------------------------------------------------------------
 
 
+ENCODER, OTHER = "encoder", "other"
+
+
+def _encoder_labels(params: Any) -> Any:
+    """ENCODER for every leaf under the top-level 'encoder', OTHER elsewhere."""
+    return {
+        name: jax.tree.map(lambda _, label=(ENCODER if name == ENCODER else OTHER): label, tree)
+        for name, tree in params.items()
+    }
+
+
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     """The optax chain described by `config` (see the module docstring)."""
     schedule = make_schedule(config)
@@ -253,7 +297,18 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
         parts.append(adafactor(config.b1, config.b2, config.eps))
     if config.weight_decay:
         parts.append(optax.add_decayed_weights(config.weight_decay))
-    parts.append(optax.scale_by_learning_rate(schedule))
+    if config.separate_encoder:
+        parts.append(
+            optax.multi_transform(
+                {
+                    ENCODER: optax.scale_by_learning_rate(make_encoder_schedule(config)),
+                    OTHER: optax.scale_by_learning_rate(schedule),
+                },
+                _encoder_labels,
+            )
+        )
+    else:
+        parts.append(optax.scale_by_learning_rate(schedule))
     if config.ema_decay is not None:
         parts.append(params_ema(config.ema_decay))
     return optax.chain(*parts)

@@ -136,3 +136,25 @@ def test_ema_tracks_the_params():
         np.testing.assert_allclose(ema[k], expected[k], rtol=1e-6)
     with pytest.raises(ValueError, match="no EMA"):
         optimizers.ema_params(optimizers.make_optimizer(OptimizerConfig()).init(params))
+
+
+def test_encoder_has_its_own_schedule_and_can_be_frozen():
+    config = OptimizerConfig(
+        name="sgd",
+        peak_lr=1e-3,
+        warmup_steps=4,
+        clip_norm=None,
+        encoder_peak_lr=3e-4,
+        encoder_warmup_steps=2,
+        freeze_encoder_steps=1,
+    )
+    tx = optimizers.make_optimizer(config)
+    params = {"encoder": {"w": jnp.ones((2, 3))}, "decoder": {"b": jnp.ones(3)}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    state = tx.init(params)
+    for step in range(3):
+        updates, state = tx.update(grads, state, params)
+        head_lr = 1e-3 * min((step + 1) / 4, np.sqrt(4 / (step + 1)))
+        encoder_lr = 0.0 if step < 1 else 3e-4 * min((step + 1) / 2, np.sqrt(2 / (step + 1)))
+        np.testing.assert_allclose(updates["decoder"]["b"], -head_lr, rtol=1e-6)
+        np.testing.assert_allclose(updates["encoder"]["w"], -encoder_lr, rtol=1e-6)

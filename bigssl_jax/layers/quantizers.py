@@ -54,6 +54,11 @@ class GumbelVectorQuantizer(nn.Module):
     forward q = concat_g e_{g,k_g}; backward d q / d logits = d (sum_v y_{g,v} e_{g,v}) / d logits
     (straight-through estimator). The codebook e has G x V entries of dim D'/G.
 
+    W ~ N(0, 1) as in fairseq: on unit-variance inputs the logits start with a spread of
+    ~sqrt(D), so each frame's code is decided by the frame, not by the Gumbel noise (with a
+    1/sqrt(D) init the codes are noise, the targets unpredictable and the contrastive loss
+    stays at chance, ln(K + 1)).
+
     Attributes:
       num_groups: G, codebooks concatenated into one target vector.
       num_codes: V, entries per codebook.
@@ -87,7 +92,7 @@ class GumbelVectorQuantizer(nn.Module):
             raise ValueError(f"code_dim {self.code_dim} is not divisible by {groups} groups")
         kernel = self.param(
             "logits_kernel",
-            nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", None, "vocab")),
+            nn.with_logical_partitioning(nn.initializers.normal(1.0), ("embed", None, "vocab")),
             (x.shape[-1], groups, codes),
             self.param_dtype,
         )
@@ -178,8 +183,11 @@ def stack_frames(
     return stacked, paddings[:, ::stride]
 
 
-def _normalize_over_time(x: jax.Array, paddings: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """Per-utterance, per-dimension mean/variance normalisation over valid frames."""
+def normalize_over_time(x: jax.Array, paddings: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Per-utterance, per-dimension mean/variance normalisation over valid frames.
+
+    x' = (x - mean_t x) / sqrt(var_t x + eps) over the frames with paddings 0: [B, T, D].
+    """
     weights = (1.0 - paddings)[..., None]
     count = jnp.maximum(jnp.sum(weights, axis=1, keepdims=True), 1.0)
     mean = jnp.sum(x * weights, axis=1, keepdims=True) / count
@@ -229,7 +237,7 @@ class RandomProjectionQuantizer(nn.Module):
 
         projection = self.variable(FROZEN_COLLECTION, "projection", init_projection).value
         codebook = self.variable(FROZEN_COLLECTION, "codebook", init_codebook).value
-        x = _normalize_over_time(features.astype(jnp.float32), paddings.astype(jnp.float32))
+        x = normalize_over_time(features.astype(jnp.float32), paddings.astype(jnp.float32))
         hp = jax.lax.Precision.HIGHEST
         z = jnp.einsum("btd,dgc->btgc", x, projection, precision=hp)
         # argmax_v cos(z, c_v) = argmax_v <z, c_v>: the codebook is unit-norm, |z| is fixed in v.

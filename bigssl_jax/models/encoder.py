@@ -267,9 +267,40 @@ class AudioEncoder(nn.Module):
         self, audio: jax.Array, paddings: jax.Array, *, train: bool
     ) -> tuple[jax.Array, jax.Array]:
         """Args: audio [B, S] at 16 kHz; paddings [B, S]; train enables SpecAugment and dropout."""
-        features, paddings = frontend.LogMelFrontend(self.log_mel, name="log_mel")(audio, paddings)
-        if self.spec_augment is not None:
-            features = frontend.SpecAugment(self.spec_augment, name="spec_augment")(
-                features, paddings, deterministic=not train
-            )
-        return ConformerEncoder(self.encoder, name="encoder")(features, paddings, train=train)
+        return encode_audio(
+            self.encoder, self.log_mel, self.spec_augment, audio, paddings, train=train
+        )
+
+
+def encode_audio(
+    encoder: EncoderConfig,
+    log_mel: frontend.LogMelConfig,
+    spec_augment: frontend.SpecAugmentConfig | None,
+    audio: jax.Array,
+    paddings: jax.Array,
+    *,
+    train: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """`AudioEncoder`'s forward pass, run inside the calling module's `nn.compact` method.
+
+    Its submodules ('log_mel', 'spec_augment', 'encoder') belong to the caller, so a model
+    built on it (CTC, RNN-T, a classifier) keeps the Conformer under the top-level name
+    'encoder', as the pre-training models do: a pre-trained encoder restores by that name.
+
+    Args:
+      encoder: the Conformer hyperparameters.
+      log_mel: log-mel settings.
+      spec_augment: SpecAugment settings (rng stream 'specaug'); None disables it.
+      audio: [B, S] at 16 kHz.
+      paddings: [B, S], 1.0 = padded.
+      train: enables SpecAugment and dropout.
+
+    Returns:
+      ([B, T', D] float32 outputs, zero at padded frames; [B, T'] paddings).
+    """
+    features, paddings = frontend.LogMelFrontend(log_mel, name="log_mel")(audio, paddings)
+    if spec_augment is not None:
+        features = frontend.SpecAugment(spec_augment, name="spec_augment")(
+            features, paddings, deterministic=not train
+        )
+    return ConformerEncoder(encoder, name="encoder")(features, paddings, train=train)

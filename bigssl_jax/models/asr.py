@@ -1,0 +1,136 @@
+"""What the CTC and RNN-T models share: decoding settings, transcription and WER scoring.
+
+A fine-tuned model decodes host batches into token ids with a jitted function
+
+    decode(variables, audio f32[B, S], audio_paddings f32[B, S]) -> (tokens i32[B, L],
+                                                                      token_paddings f32[B, L])
+
+and `score_batches` turns them into text with the run's sentencepiece vocabulary and
+scores them against the batch's references (`targets_pretokenized`, kept by the input
+pipeline with `InputConfig.keep_fields`) with jiwer (`bigssl_jax.evaluation.wer`). Rows
+of weight 0 (batch padding) are skipped.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from bigssl_jax.evaluation import wer
+from bigssl_jax.models import base
+
+REFERENCE_FIELD = "targets_pretokenized"
+ID_FIELD = "id"
+# Input fields a scored ASR eval pipeline must keep (InputConfig.keep_fields).
+SCORING_FIELDS = (ID_FIELD, REFERENCE_FIELD)
+
+Decode = Callable[[Any, Any, Any], tuple[Any, Any]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecodingConfig:
+    """How a fine-tuned model decodes.
+
+    Attributes:
+      beam_size: 1 for greedy search, else beam search with this many hypotheses.
+      max_output_length: the longest transcript in tokens (beam search).
+      lm_weight: shallow-fusion weight of the language model, when the model has one.
+    """
+
+    beam_size: int = 1
+    max_output_length: int = 128
+    lm_weight: float = 0.0
+
+    def __post_init__(self):
+        if self.beam_size < 1:
+            raise ValueError(f"DecodingConfig.beam_size must be >= 1, got {self.beam_size}")
+
+
+@functools.lru_cache(maxsize=8)
+def load_vocabulary(path: str):
+    """The sentencepiece vocabulary at `path` (cached; seqio's, as the tasks use)."""
+    from bigssl_tasks import vocab
+
+    if not path:
+        raise ValueError("the model has no vocabulary path (set the model's `vocabulary`)")
+    if not pathlib.Path(path).exists():
+        raise FileNotFoundError(f"vocabulary {path} does not exist")
+    return vocab.get_vocabulary(path)
+
+
+def _strings(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values).tolist()]
+
+
+def transcribe_batches(
+    decode: Decode, variables: Any, batches: Iterable[base.Batch], vocabulary_path: str
+) -> tuple[list[str], list[str], list[str]]:
+    """Decodes host batches into text.
+
+    Args:
+      decode: the model's jitted decode function (see the module docstring).
+      variables: the model variables.
+      batches: host batches with 'audio', 'audio_paddings', 'weights', and for references
+        `REFERENCE_FIELD` and `ID_FIELD` (missing ones give empty strings).
+      vocabulary_path: the sentencepiece model.
+
+    Returns:
+      (ids, references, hypotheses) of the rows with weight > 0, in batch order.
+    """
+    vocabulary = load_vocabulary(vocabulary_path)
+    ids, references, hypotheses = [], [], []
+    for batch in batches:
+        tokens, token_paddings = decode(variables, batch["audio"], batch["audio_paddings"])
+        texts = wer.detokenize(np.asarray(tokens), np.asarray(token_paddings), vocabulary)
+        rows = np.flatnonzero(np.asarray(batch["weights"]) > 0)
+        size = len(texts)
+        batch_ids = _strings(batch.get(ID_FIELD, [""] * size))
+        batch_refs = _strings(batch.get(REFERENCE_FIELD, [""] * size))
+        ids += [batch_ids[i] for i in rows]
+        references += [batch_refs[i] for i in rows]
+        hypotheses += [texts[i] for i in rows]
+    return ids, references, hypotheses
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscriptionReport:
+    """WER / CER of a decoded set (a `models.base.ScoreReport`).
+
+    Attributes:
+      result: the jiwer-based scoring result with per-utterance alignments.
+      worst: how many of the worst utterances `write` lists.
+    """
+
+    result: wer.ScoringResult
+    worst: int = 20
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {"wer": self.result.wer, "cer": self.result.cer}
+
+    def write(self, directory: os.PathLike) -> None:
+        """Writes `wer.json` (corpus figures), `transcripts.tsv` (id, reference, hypothesis,
+        errors per utterance) and `worst.json` (the utterances with most word errors)."""
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "wer.json").write_text(self.result.to_json() + "\n")
+        wer.write_utterances(self.result.utterances, directory / "transcripts.tsv")
+        worst = [dataclasses.asdict(u) for u in self.result.worst(self.worst)]
+        (directory / "worst.json").write_text(json.dumps(worst, indent=2) + "\n")
+
+
+def score_batches(
+    decode: Decode, variables: Any, batches: Iterable[base.Batch], vocabulary_path: str
+) -> TranscriptionReport:
+    """Decodes `batches` and scores them against their references (see `transcribe_batches`).
+
+    Raises:
+      ValueError: no rows, or no reference words.
+    """
+    ids, references, hypotheses = transcribe_batches(decode, variables, batches, vocabulary_path)
+    return TranscriptionReport(wer.score(references, hypotheses, ids))
