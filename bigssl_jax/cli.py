@@ -4,7 +4,8 @@
 
 Each command lives in `bigssl_jax/commands/<name>.py`, is imported only when chosen
 (so `bigssl make-corpus` does not pay for JAX or TensorFlow), defines its own absl
-flags, and exposes `main(argv)`. Gin files and bindings are parsed before `main`
+flags, and exposes `main(argv)`; one that takes positional arguments (file names) sets
+`TAKES_ARGUMENTS = True`, others reject them. Gin files and bindings are parsed before `main`
 runs; a gin error is one line on stderr and exit code 2.
 """
 
@@ -29,6 +30,11 @@ COMMANDS = {
     "show-batches": ("bigssl_jax.commands.show_batches", "Print batches of a seqio task."),
     "params": ("bigssl_jax.commands.params", "Count a model config's parameters."),
     "train": ("bigssl_jax.commands.train", "Train a model from an experiment gin."),
+    "train-lm": ("bigssl_jax.commands.train_lm", "Train the shallow-fusion language model."),
+    "embed": ("bigssl_jax.commands.embed", "Write utterance embeddings; layer-wise probes."),
+    "evaluate": ("bigssl_jax.commands.evaluate", "Score a trained model (WER, accuracy)."),
+    "transcribe": ("bigssl_jax.commands.transcribe", "Print transcripts of audio files."),
+    "pseudo-label": ("bigssl_jax.commands.pseudo_label", "Transcribe a split with a teacher."),
     "compile": (
         "bigssl_jax.commands.compile",
         "Compile a train step for a TPU topology ahead of time.",
@@ -47,13 +53,19 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _with_gin(command_main):
-    """Wraps a command's main: check for stray arguments, parse gin, save the config, run,
-    save the operative config."""
+def _with_gin(command_main, takes_arguments: bool):
+    """Wraps a command's main: check for stray arguments (unless the command takes
+    positional arguments, e.g. audio files), parse gin, save the config, run, save the
+    operative config."""
 
     def run(argv):
-        if len(argv) > 1:
+        if len(argv) > 1 and not takes_arguments:
             print(f"{argv[0]}: unexpected arguments {argv[1:]}", file=sys.stderr)
+            return 2
+        try:  # before any JAX backend starts (see bigssl_jax/distributed.py)
+            common_flags.maybe_initialize_distributed()
+        except (ValueError, RuntimeError) as error:
+            print(f"bigssl: distributed: {error}", file=sys.stderr)
             return 2
         if common_flags.GIN_FILE.value or common_flags.GIN_BINDINGS.value:
             # Registering every configurable imports JAX; commands given no gin skip it.
@@ -92,7 +104,8 @@ def main(argv=None) -> None:
         *flags.FLAGS.get_key_flags_for_module(common_flags),
     ]:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(_with_gin(module.main), argv=[f"bigssl {name}", *argv[2:]])
+    takes_arguments = getattr(module, "TAKES_ARGUMENTS", False)
+    app.run(_with_gin(module.main, takes_arguments), argv=[f"bigssl {name}", *argv[2:]])
 
 
 if __name__ == "__main__":

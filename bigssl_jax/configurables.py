@@ -10,7 +10,17 @@ import gin
 
 from bigssl_jax import aot, input_pipeline, optimizers, partitioning, trainer
 from bigssl_jax.layers import frontend
-from bigssl_jax.models import encoder, pretrain_step, ssl_losses, w2v_bert, wav2vec2
+from bigssl_jax.models import (
+    asr,
+    ctc_model,
+    encoder,
+    pretrain_step,
+    rnnt_decoder,
+    rnnt_model,
+    ssl_losses,
+    w2v_bert,
+    wav2vec2,
+)
 
 
 def _register(cls, name: str | None = None):
@@ -39,6 +49,12 @@ Wav2Vec2TrainModel = _register(wav2vec2.Wav2Vec2TrainModel)
 W2vBertConfig = _register(w2v_bert.W2vBertConfig)
 W2vBertTrainModel = _register(w2v_bert.W2vBertTrainModel)
 
+# --- fine-tuning (bigssl_jax.models.asr, ctc_model, rnnt_model) --------------------------
+DecodingConfig = _register(asr.DecodingConfig)
+CtcTrainModel = _register(ctc_model.CtcTrainModel)
+RnntDecoderConfig = _register(rnnt_decoder.RnntDecoderConfig)
+RnntTrainModel = _register(rnnt_model.RnntTrainModel)
+
 # --- training (bigssl_jax.trainer, bigssl_jax.optimizers) ----------------------------------
 OptimizerConfig = _register(optimizers.OptimizerConfig)
 TrainerConfig = _register(trainer.TrainerConfig)
@@ -46,3 +62,16 @@ ExperimentConfig = _register(trainer.ExperimentConfig)
 
 # --- ahead-of-time compilation (bigssl_jax.aot) --------------------------------------------
 CompileConfig = _register(aot.CompileConfig)
+
+# --- transfer (bigssl_jax.models.classifier) -----------------------------------------------
+from bigssl_jax.models import classifier  # noqa: E402
+
+ClassifierTrainModel = _register(classifier.ClassifierTrainModel)
+
+# --- language model (bigssl_jax.models.transformer_lm, bigssl_tasks.text_tasks) ------------
+from bigssl_jax.models import transformer_lm  # noqa: E402
+from bigssl_tasks import text_tasks  # noqa: E402
+
+TransformerLmConfig = _register(transformer_lm.TransformerLmConfig)
+LmTrainModel = _register(transformer_lm.LmTrainModel)
+TextInputConfig = _register(text_tasks.TextInputConfig)

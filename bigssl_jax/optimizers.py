@@ -274,15 +274,31 @@ def ema_params(opt_state: optax.OptState) -> Any:
 # ---------------------------------------------------------------------------------------
 
 
-ENCODER, OTHER = "encoder", "other"
+ENCODER = "encoder"
 
 
-def _encoder_labels(params: Any) -> Any:
-    """ENCODER for every leaf under the top-level 'encoder', OTHER elsewhere."""
-    return {
-        name: jax.tree.map(lambda _, label=(ENCODER if name == ENCODER else OTHER): label, tree)
-        for name, tree in params.items()
-    }
+def scale_by_group_learning_rates(
+    schedule: optax.Schedule, encoder_schedule: optax.Schedule
+) -> optax.GradientTransformation:
+    """u <- -lr(s) u, with lr = `encoder_schedule` under the top-level params 'encoder', else
+    `schedule`; s counts updates. Its state is one counter (no params-shaped leaves)."""
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        rates = {False: -schedule(state.count), True: -encoder_schedule(state.count)}
+
+        def scale(path, update):
+            in_encoder = getattr(path[0], "key", None) == ENCODER
+            return update * jnp.asarray(rates[in_encoder], update.dtype)
+
+        scaled = jax.tree_util.tree_map_with_path(scale, updates)
+        return scaled, optax.ScaleByScheduleState(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
@@ -298,15 +314,7 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     if config.weight_decay:
         parts.append(optax.add_decayed_weights(config.weight_decay))
     if config.separate_encoder:
-        parts.append(
-            optax.multi_transform(
-                {
-                    ENCODER: optax.scale_by_learning_rate(make_encoder_schedule(config)),
-                    OTHER: optax.scale_by_learning_rate(schedule),
-                },
-                _encoder_labels,
-            )
-        )
+        parts.append(scale_by_group_learning_rates(schedule, make_encoder_schedule(config)))
     else:
         parts.append(optax.scale_by_learning_rate(schedule))
     if config.ema_decay is not None:

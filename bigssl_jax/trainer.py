@@ -21,6 +21,11 @@ The step (`make_train_step`) is pure, `train_step(state, batch, rng) -> (state, 
     state, because none is ever produced. Reading that flag is the loop's one device-to-host
     copy per step (a scalar); everything else stays asynchronous until a log line.
 
+Evaluation: every `eval_every` steps, the eval loss (and its metrics) averaged over up to
+`eval_batches` batches; a `models.base.ScoredModel` (ASR, classifiers) is also scored on
+them (`score`: decoding + WER, accuracy...), its metrics joining the eval metrics (so
+`best_metric` may be 'wer') and its report files going to `<model_dir>/eval/<step>/`.
+
 It is jitted once per batch shape with explicit state / batch shardings and the state donated
 (`partitioning.jit_train_step`). Metrics are `clu.metrics.Average`s over the steps since the last
 log; they go to TensorBoard (`clu.metric_writers`, under `train/` and `eval/`) and to one log
@@ -29,7 +34,9 @@ line per `log_every`, with `clu.periodic_actions.ReportProgress` adding steps/s 
 
 import dataclasses
 import functools
+import itertools
 import os
+import pathlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -332,7 +339,7 @@ def evaluate(eval_step, state, batches: Iterator[base.Batch], mesh, rng, max_bat
     for index, batch in enumerate(batches):
         if max_batches is not None and index >= max_batches:
             break
-        global_batch = partitioning.make_global_batch(batch, mesh)
+        global_batch = partitioning.make_global_batch(numeric_fields(batch), mesh)
         with partitioning.mesh_context(mesh):
             metrics = eval_step(
                 state.params, state.model_state, global_batch, jax.random.fold_in(rng, index)
@@ -341,6 +348,11 @@ def evaluate(eval_step, state, batches: Iterator[base.Batch], mesh, rng, max_bat
             collection = _averages(tuple(sorted(metrics))).empty()
         collection = collection.merge(type(collection).single_from_model_output(**metrics))
     return {} if collection is None else _to_floats(collection)
+
+
+def numeric_fields(batch: base.Batch) -> dict[str, Any]:
+    """The batch without its string fields (ids, reference texts kept for scoring)."""
+    return {k: v for k, v in batch.items() if np.asarray(v).dtype.kind not in "OSU"}
 
 
 def _log_line(step: int, num_steps: int, prefix: str, values: dict[str, float]) -> str:
@@ -443,6 +455,7 @@ def train(
         eval_iter_fn=eval_iter_fn,
         checkpointer=checkpointer,
         writer=writer,
+        model_dir=model_dir,
     )
     try:
         with checkpointing.PreemptionHandler() as preemption:
@@ -465,6 +478,7 @@ class _Run:
     eval_iter_fn: Callable[[], Iterator[base.Batch]] | None
     checkpointer: checkpointing.Checkpointer
     writer: Any
+    model_dir: os.PathLike = "."
     rng: jax.Array | None = None
     progress: _Progress = dataclasses.field(default_factory=_Progress)
     shardings: Any = None
@@ -501,9 +515,22 @@ class _Run:
             self.rng,
             self.config.eval_batches,
         )
+        if isinstance(self.model, base.ScoredModel):
+            values.update(self.score(state, step))
         self.writer.write_scalars(step, {f"eval/{k}": v for k, v in values.items()})
         logging.info(_log_line(step, self.config.num_steps, "eval", values))
         return values
+
+    def score(self, state: TrainState, step: int) -> dict[str, float]:
+        """`model.score` on the eval data (decoding, WER...); the report goes to
+        `<model_dir>/eval/<step>/`. Single-process runs only: a multi-host job scores with
+        `bigssl evaluate` after training."""
+        if jax.process_count() > 1:
+            return {}
+        batches = itertools.islice(self.eval_iter_fn(), self.config.eval_batches)
+        report = self.model.score({"params": state.params, **state.model_state}, batches)
+        report.write(pathlib.Path(self.model_dir) / "eval" / str(step))
+        return dict(report.metrics)
 
     def log_train(self, step: int, collection: clu_metrics.Collection) -> None:
         values = _to_floats(collection)

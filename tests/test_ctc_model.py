@@ -83,12 +83,13 @@ def test_decode_runs_the_configured_search_and_score_writes_reports(tmp_path):
     logits, paddings = model.module.apply(
         variables, batch["audio"], batch["audio_paddings"], train=False
     )
-    tokens, token_paddings = jax.jit(model.decode)(
+    tokens, token_paddings, scores = jax.jit(model.decode)(
         variables, batch["audio"], batch["audio_paddings"]
     )
     expected = ctc_search.greedy_search(logits, paddings)
     np.testing.assert_array_equal(tokens, expected[0])
-    beam_tokens, _ = jax.jit(beam.decode)(variables, batch["audio"], batch["audio_paddings"])
+    np.testing.assert_allclose(scores, expected[2], rtol=1e-5)
+    beam_tokens, _, _ = jax.jit(beam.decode)(variables, batch["audio"], batch["audio_paddings"])
     expected = ctc_search.prefix_beam_search(logits, paddings, beam_size=3, max_length=128)
     np.testing.assert_array_equal(beam_tokens, expected[0])
     assert tokens.dtype == jnp.int32 and tokens.shape[0] == 3

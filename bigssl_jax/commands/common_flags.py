@@ -23,6 +23,11 @@ JOBS = flags.DEFINE_integer(
     "jobs", 1, "Worker processes, for the commands that use them (outputs never depend on it)."
 )
 SEED = flags.DEFINE_integer("seed", 0, "Random seed of what the command makes.")
+CHECKPOINT = flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "A trained run: its directory, its checkpoints/ directory or one step directory.",
+)
 DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Data directory; default $BIGSSL_DATA_DIR, else ./bigssl_data."
 )
@@ -31,3 +36,34 @@ DATA_DIR = flags.DEFINE_string(
 def data_dir() -> pathlib.Path:
     """`--data_dir`, else `paths.default_data_dir()`."""
     return pathlib.Path(DATA_DIR.value) if DATA_DIR.value else paths.default_data_dir()
+
+
+# Multi-process JAX (see bigssl_jax/distributed.py): off unless asked for.
+DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    None,
+    "Call jax.distributed.initialize before the command (default: $BIGSSL_DISTRIBUTED).",
+)
+COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0 (default: $JAX_COORDINATOR_ADDRESS, else auto-detected).",
+)
+NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the job (default: $BIGSSL_NUM_PROCESSES, else auto)."
+)
+PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index (default: $BIGSSL_PROCESS_ID, else auto)."
+)
+
+
+def maybe_initialize_distributed() -> bool:
+    """`distributed.maybe_initialize` with the flags above; whether it initialised."""
+    from bigssl_jax import distributed
+
+    return distributed.maybe_initialize(
+        enabled=DISTRIBUTED.value,
+        coordinator_address=COORDINATOR_ADDRESS.value,
+        num_processes=NUM_PROCESSES.value,
+        process_id=PROCESS_ID.value,
+    )

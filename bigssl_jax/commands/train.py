@@ -1,4 +1,4 @@
-"""`bigssl train`: train a model described by an experiment gin (pre-training today).
+"""`bigssl train`: train a model described by an experiment gin (any stage).
 
     bigssl train --gin_file=experiments/pretrain_best_rq_smoke.gin --model_dir=/tmp/run \\
         --data_dir=/tmp/data
@@ -14,7 +14,10 @@ Exit codes: 0 done; 1 a user error (one line on stderr) or training diverged; 14
 stopped by SIGTERM / SIGINT after saving a checkpoint.
 """
 
+import dataclasses
 import functools
+import pathlib
+import shutil
 import sys
 
 from absl import logging
@@ -31,15 +34,62 @@ def _input_config(scope: str, task: str, **overrides):
         return configurables.InputConfig(task=task, **overrides)
 
 
-def _register_tasks(experiment, data_dir) -> list[str]:
-    from bigssl_tasks import corpus_tasks, vocab
+def register_tasks(experiment, data_dir) -> list[str]:
+    """Registers the seqio tasks of `experiment.corpus` (and its classification tasks); names."""
+    from bigssl_tasks import classification_tasks, corpus_tasks, vocab
 
-    vocab_model = vocab.vocab_path(data_dir, experiment.corpus)
-    return corpus_tasks.register_corpus_tasks(
+    vocab_model = vocab.vocab_path(data_dir, experiment.corpus, _vocab_size(experiment.model))
+    names = corpus_tasks.register_corpus_tasks(
         experiment.corpus,
         data_dir=data_dir,
         vocab_path=vocab_model if vocab_model.exists() else None,
     )
+    field = classification_tasks.field_of_kind(experiment.task_kind)
+    if field is not None:
+        names += classification_tasks.register_classification_tasks(
+            experiment.corpus,
+            field=field,
+            data_dir=data_dir,
+            num_classes=getattr(experiment.model, "num_classes", None),
+        )
+    return names
+
+
+def _host_iterator(config, shard):
+    """This process's batches of `config`, agreeing with the other processes on shapes and
+    checkpointed positions (`distributed.MultiHostIterator`)."""
+    from bigssl_jax import distributed, input_pipeline
+
+    return distributed.MultiHostIterator(input_pipeline.make_iterator(config, shard_info=shard))
+
+
+def _vocab_size(model) -> int:
+    """The vocabulary a model reads: `<corpus>_<model.vocab_size>.model` (default size else)."""
+    from bigssl_tasks import vocab
+
+    return getattr(model, "vocab_size", vocab.DEFAULT_VOCAB_SIZE)
+
+
+def _with_vocabulary(model, corpus: str, data_dir, model_dir: str):
+    """A model that reads text (a `vocabulary` field left empty) gets the corpus vocabulary,
+    copied into the run directory so that the run alone can be evaluated or transcribed."""
+    from bigssl_jax import inference
+    from bigssl_tasks import vocab
+
+    if not hasattr(model, "vocabulary") or model.vocabulary:
+        return model
+    source = vocab.vocab_path(data_dir, corpus, model.vocab_size)
+    if not source.exists():
+        raise ValueError(
+            f"no vocabulary at {source}: run `bigssl vocab --corpus={corpus} "
+            f"--vocab_size={model.vocab_size}`"
+        )
+    copy = pathlib.Path(model_dir) / inference.VOCABULARY_FILE
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    tmp = copy.with_suffix(".tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(copy)
+    return dataclasses.replace(model, vocabulary=str(copy))
 
 
 def run(model_dir: str, data_dir) -> int:
@@ -56,7 +106,7 @@ def run(model_dir: str, data_dir) -> int:
         print("train: the gin must bind ExperimentConfig.corpus and .model", file=sys.stderr)
         return 1
     try:
-        names = _register_tasks(experiment, data_dir)
+        names = register_tasks(experiment, data_dir)
     except (registry_lib.CorpusNotFoundError, ValueError, FileNotFoundError) as error:
         print(f"train: {error} (data dir {data_dir})", file=sys.stderr)
         return 1
@@ -68,16 +118,22 @@ def run(model_dir: str, data_dir) -> int:
         return name
 
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
+    model = experiment.model
     try:
+        model = _with_vocabulary(model, experiment.corpus, data_dir, model_dir)
         train_config = _input_config("train", task(experiment.train_split))
         eval_iter_fn = None
         if experiment.eval_split:
             eval_config = _input_config(
                 "eval", task(experiment.eval_split), shuffle=False, num_epochs=1
             )
-            eval_iter_fn = functools.partial(
-                input_pipeline.make_iterator, eval_config, shard_info=shard
+            eval_config = dataclasses.replace(
+                eval_config,
+                keep_fields=tuple(
+                    dict.fromkeys(eval_config.keep_fields + getattr(model, "score_fields", ()))
+                ),
             )
+            eval_iter_fn = functools.partial(_host_iterator, eval_config, shard)
         mesh = partitioning.make_mesh(configurables.MeshConfig())
         optimizer = configurables.OptimizerConfig()
         trainer_config = configurables.TrainerConfig()
@@ -86,11 +142,11 @@ def run(model_dir: str, data_dir) -> int:
         return 1
     try:
         result = trainer.train(
-            model=experiment.model,
+            model=model,
             optimizer=optimizer,
             config=trainer_config,
             mesh=mesh,
-            train_iter=input_pipeline.make_iterator(train_config, shard_info=shard),
+            train_iter=_host_iterator(train_config, shard),
             model_dir=model_dir,
             eval_iter_fn=eval_iter_fn,
         )

@@ -2,8 +2,10 @@
 
 A fine-tuned model decodes host batches into token ids with a jitted function
 
-    decode(variables, audio f32[B, S], audio_paddings f32[B, S]) -> (tokens i32[B, L],
-                                                                      token_paddings f32[B, L])
+    decode(variables, audio f32[B, S], audio_paddings f32[B, S])
+        -> (tokens i32[B, L], token_paddings f32[B, L], scores f32[B])
+
+(scores: the search's log-probability of each transcript, e.g. a pseudo-label's confidence)
 
 and `score_batches` turns them into text with the run's sentencepiece vocabulary and
 scores them against the batch's references (`targets_pretokenized`, kept by the input
@@ -29,7 +31,7 @@ ID_FIELD = "id"
 # Input fields a scored ASR eval pipeline must keep (InputConfig.keep_fields).
 SCORING_FIELDS = (ID_FIELD, REFERENCE_FIELD)
 
-Decode = Callable[[Any, Any, Any], tuple[Any, Any]]
+Decode = Callable[[Any, Any, Any], tuple[Any, Any, Any]]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,15 +42,27 @@ class DecodingConfig:
       beam_size: 1 for greedy search, else beam search with this many hypotheses.
       max_output_length: the longest transcript in tokens (beam search).
       lm_weight: shallow-fusion weight of the language model, when the model has one.
+      max_symbols_per_frame: RNN-T: tokens one frame may emit before the search moves on.
     """
 
     beam_size: int = 1
     max_output_length: int = 128
     lm_weight: float = 0.0
+    max_symbols_per_frame: int = 3
 
     def __post_init__(self):
         if self.beam_size < 1:
             raise ValueError(f"DecodingConfig.beam_size must be >= 1, got {self.beam_size}")
+
+
+def with_beam_size(model: Any, beam_size: int | None) -> Any:
+    """`model` decoding with `beam_size` hypotheses (unchanged for None or a model that
+    does not decode)."""
+    if beam_size is None or not hasattr(model, "decoding"):
+        return model
+    return dataclasses.replace(
+        model, decoding=dataclasses.replace(model.decoding, beam_size=beam_size)
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -85,7 +99,7 @@ def transcribe_batches(
     vocabulary = load_vocabulary(vocabulary_path)
     ids, references, hypotheses = [], [], []
     for batch in batches:
-        tokens, token_paddings = decode(variables, batch["audio"], batch["audio_paddings"])
+        tokens, token_paddings, _ = decode(variables, batch["audio"], batch["audio_paddings"])
         texts = wer.detokenize(np.asarray(tokens), np.asarray(token_paddings), vocabulary)
         rows = np.flatnonzero(np.asarray(batch["weights"]) > 0)
         size = len(texts)

@@ -98,7 +98,9 @@ class ScoredModel(Protocol):
     """A model judged by more than its loss: ASR by word error rate, classifiers by accuracy.
 
     The trainer calls `score` at each evaluation (besides the eval loss) and `bigssl
-    evaluate` calls it on a restored checkpoint.
+    evaluate` calls it on a restored checkpoint. A model whose `score` reads string fields
+    (utterance ids, reference texts) lists them in an optional `score_fields` attribute;
+    `bigssl train` and `bigssl evaluate` keep them in the eval batches.
     """
 
     def score(self, variables: Variables, batches: Iterable[Batch]) -> ScoreReport:

@@ -89,6 +89,7 @@ class CtcTrainModel:
     vocabulary: str = ""
     lm: Any = dataclasses.field(default=None, compare=False)
     rng_streams: tuple[str, ...] = RNG_STREAMS
+    score_fields: tuple[str, ...] = asr.SCORING_FIELDS
 
     @property
     def module(self) -> CtcModel:
@@ -123,22 +124,24 @@ class CtcTrainModel:
 
     def decode(
         self, variables: Mapping[str, Any], audio: jax.Array, paddings: jax.Array
-    ) -> tuple[jax.Array, jax.Array]:
-        """Transcribes audio [B, S] into (tokens i32[B, L], token_paddings f32[B, L])."""
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Transcribes audio [B, S]: (tokens i32[B, L], token_paddings f32[B, L], scores f32[B]).
+
+        Scores are the search's log-probabilities (best path for greedy, prefix probability
+        with any LM terms for beam search).
+        """
         logits, frame_paddings = self.module.apply(variables, audio, paddings, train=False)
         decoding = self.decoding
         if decoding.beam_size == 1:
-            tokens, token_paddings, _ = ctc_search.greedy_search(logits, frame_paddings)
-        else:
-            tokens, token_paddings, _ = ctc_search.prefix_beam_search(
-                logits,
-                frame_paddings,
-                beam_size=decoding.beam_size,
-                max_length=decoding.max_output_length,
-                lm=self.lm,
-                lm_weight=decoding.lm_weight if self.lm is not None else 0.0,
-            )
-        return tokens, token_paddings
+            return ctc_search.greedy_search(logits, frame_paddings)
+        return ctc_search.prefix_beam_search(
+            logits,
+            frame_paddings,
+            beam_size=decoding.beam_size,
+            max_length=decoding.max_output_length,
+            lm=self.lm,
+            lm_weight=decoding.lm_weight if self.lm is not None else 0.0,
+        )
 
     def score(
         self, variables: Mapping[str, Any], batches: Iterable[base.Batch]

@@ -1,0 +1,113 @@
+"""`bigssl evaluate`: score a trained model on its corpus's evaluation splits.
+
+    bigssl evaluate --checkpoint=/runs/ctc --data_dir=/tmp/demo
+    bigssl evaluate --checkpoint=/runs/ctc/checkpoints/3000 --splits=test --beam_size=8
+
+Rebuilds the model from the run's `config.gin` (or `--gin_file`), restores the checkpoint
+(`bigssl_jax.inference`), and for each split runs `model.score` over the whole split (eval
+input settings from the gin's `eval/InputConfig`, one pass, no shuffling): WER and CER for
+ASR models, accuracy and a confusion matrix for classifiers. Writes per split
+`<output_dir>/<split>/` (the report's files: `wer.json`, `transcripts.tsv`, `worst.json` for
+ASR), `<output_dir>/results.json` with every split's metrics, and TensorBoard scalars
+`<split>/<metric>` at the checkpoint's step; prints one line per split.
+
+Exit codes: 0 done; 1 a missing checkpoint, corpus or vocabulary (one line on stderr).
+"""
+
+import dataclasses
+import json
+import pathlib
+import sys
+
+from absl import flags
+
+from bigssl_jax.commands import common_flags
+
+_SPLITS = flags.DEFINE_list(
+    "splits", ["dev", "test", "test_clean"], "Corpus splits to score (missing ones are skipped)."
+)
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Where to write the reports (default <run>/evaluate/<step>)."
+)
+_BEAM_SIZE = flags.DEFINE_integer(
+    "beam_size", None, "Override the run's DecodingConfig.beam_size (ASR models)."
+)
+_MAX_BATCHES = flags.DEFINE_integer(
+    "max_batches", None, "Score at most this many batches per split (default: all)."
+)
+
+
+def _eval_config(task: str, model):
+    import gin
+
+    from bigssl_jax import configurables
+
+    with gin.config_scope("eval"):
+        config = configurables.InputConfig(task=task, shuffle=False, num_epochs=1)
+    fields = tuple(dict.fromkeys(config.keep_fields + getattr(model, "score_fields", ())))
+    return dataclasses.replace(config, keep_fields=fields)
+
+
+def evaluate(checkpoint: str, data_dir, splits, output_dir, beam_size, max_batches) -> dict:
+    """Scores the checkpoint on each split; returns {split: metrics}."""
+    import itertools
+
+    import jax
+    from clu import metric_writers
+
+    from bigssl_jax import configurables, inference, input_pipeline
+    from bigssl_jax.commands import train as train_command
+    from bigssl_jax.models import asr
+    from bigssl_tasks import corpus_tasks
+
+    loaded = inference.load_model(checkpoint)
+    model = asr.with_beam_size(loaded.model, beam_size)
+    experiment = configurables.ExperimentConfig()
+    names = train_command.register_tasks(experiment, data_dir)
+    output_dir = pathlib.Path(output_dir or loaded.run_dir / "evaluate" / str(loaded.step))
+    writer = metric_writers.create_default_writer(
+        str(output_dir), just_logging=jax.process_index() > 0
+    )
+    results = {}
+    for split in splits:
+        task = corpus_tasks.task_name(experiment.corpus, split, experiment.task_kind)
+        if task not in names:
+            continue
+        batches = input_pipeline.make_iterator(_eval_config(task, model))
+        report = model.score(loaded.variables, itertools.islice(batches, max_batches))
+        report.write(output_dir / split)
+        results[split] = dict(report.metrics)
+        writer.write_scalars(loaded.step, {f"{split}/{k}": v for k, v in report.metrics.items()})
+        shown = " ".join(f"{k} {v:.4f}" for k, v in report.metrics.items())
+        print(f"evaluate: {split}: {shown}", flush=True)
+    writer.flush()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"checkpoint": str(checkpoint), "step": loaded.step, "results": results}
+    (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return results
+
+
+def main(argv) -> int:
+    """Evaluates `--checkpoint` on `--splits`."""
+    del argv
+    if not common_flags.CHECKPOINT.value:
+        print("evaluate: --checkpoint is required", file=sys.stderr)
+        return 2
+    from bigssl_jax.data import registry as registry_lib
+
+    try:
+        results = evaluate(
+            common_flags.CHECKPOINT.value,
+            common_flags.data_dir(),
+            _SPLITS.value,
+            _OUTPUT_DIR.value,
+            _BEAM_SIZE.value,
+            _MAX_BATCHES.value,
+        )
+    except (FileNotFoundError, ValueError, registry_lib.CorpusNotFoundError) as error:
+        print(f"evaluate: {error}", file=sys.stderr)
+        return 1
+    if not results:
+        print(f"evaluate: none of the splits {_SPLITS.value} exist", file=sys.stderr)
+        return 1
+    return 0

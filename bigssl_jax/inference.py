@@ -1,0 +1,123 @@
+"""Loading a trained model for inference: evaluate, transcribe, pseudo-label, embed.
+
+    loaded = inference.load_model("/runs/ctc")        # a run dir, its checkpoints/ or a step
+    tokens, paddings, scores = jax.jit(loaded.model.decode)(loaded.variables, audio, pad)
+
+A run directory (`bigssl train --model_dir=RUN`) holds `config.gin` (every binding of the
+run, written before training), `checkpoints/<step>/` and, for models that read text,
+`vocabulary.model` (the corpus vocabulary copied at the start of training). `load_model`
+rebuilds `ExperimentConfig.model` from that gin (unless gin was already parsed by the
+caller, e.g. from `--gin_file`), points its `vocabulary` at the run's copy, and restores
+the params of the chosen step (the latest unless a step directory is given). Variables
+are placed on one device.
+"""
+
+import dataclasses
+import os
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bigssl_jax import checkpointing
+
+CONFIG_FILE = "config.gin"
+VOCABULARY_FILE = "vocabulary.model"
+# The shapes `init_variables` sees; parameter shapes do not depend on them.
+_EXAMPLE_SAMPLES, _EXAMPLE_TOKENS = 16000, 8
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A restored model.
+
+    Attributes:
+      model: the model wrapper (a `models.base.TrainModel`), vocabulary set if the run has one.
+      variables: {'params': ...} on one device.
+      run_dir: the run directory.
+      step: the restored step.
+    """
+
+    model: Any
+    variables: dict[str, Any]
+    run_dir: pathlib.Path
+    step: int
+
+
+def run_dir_of(step_dir: pathlib.Path) -> pathlib.Path:
+    """`RUN` of `RUN/checkpoints/<step>`."""
+    return step_dir.parent.parent
+
+
+def example_batch(batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
+    """Abstract batch fields every model's `init_variables` accepts."""
+    f32, i32 = jnp.float32, jnp.int32
+    return {
+        "audio": jax.ShapeDtypeStruct((batch_size, _EXAMPLE_SAMPLES), f32),
+        "audio_paddings": jax.ShapeDtypeStruct((batch_size, _EXAMPLE_SAMPLES), f32),
+        "targets": jax.ShapeDtypeStruct((batch_size, _EXAMPLE_TOKENS), i32),
+        "target_paddings": jax.ShapeDtypeStruct((batch_size, _EXAMPLE_TOKENS), f32),
+        "weights": jax.ShapeDtypeStruct((batch_size,), f32),
+    }
+
+
+def with_run_vocabulary(model: Any, run_dir: pathlib.Path) -> Any:
+    """`model` with `vocabulary` = the run's copy, when the model reads text and has none."""
+    vocabulary = run_dir / VOCABULARY_FILE
+    if hasattr(model, "vocabulary") and not model.vocabulary and vocabulary.exists():
+        return dataclasses.replace(model, vocabulary=str(vocabulary))
+    return model
+
+
+def _parse_run_config(run_dir: pathlib.Path) -> None:
+    import gin
+
+    from bigssl_jax import (
+        configurables,  # noqa: F401  (registers the configurables)
+        gin_utils,
+    )
+
+    if gin.config_str().strip():
+        return  # the caller parsed gin (e.g. --gin_file)
+    config = run_dir / CONFIG_FILE
+    if not config.exists():
+        raise FileNotFoundError(f"{config} not found: pass the run's gin with --gin_file")
+    gin_utils.parse([str(config)])
+
+
+def restore_params(model: Any, step_dir: pathlib.Path) -> dict[str, Any]:
+    """The params of `model` saved at `step_dir`, on one device."""
+    boxed = jax.eval_shape(model.init_variables, jax.random.key(0), example_batch())
+    abstract = nn.unbox(boxed)["params"]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract)
+    targets = checkpointing.abstract_state(abstract, shardings)
+    return checkpointing.restore_from(step_dir, targets, params_only=True)
+
+
+def load_model(checkpoint: os.PathLike) -> LoadedModel:
+    """Restores the model of a run (see the module docstring).
+
+    Args:
+      checkpoint: a run directory, its `checkpoints/` directory or one step directory.
+
+    Returns:
+      The loaded model.
+
+    Raises:
+      FileNotFoundError: no finalised checkpoint there, or no gin config to rebuild the model.
+      ValueError: the gin binds no `ExperimentConfig.model`.
+    """
+    step_dir = checkpointing.resolve_init_checkpoint(checkpoint)
+    run_dir = run_dir_of(step_dir)
+    _parse_run_config(run_dir)
+    from bigssl_jax import configurables
+
+    model = configurables.ExperimentConfig().model
+    if model is None:
+        raise ValueError(f"the gin config of {run_dir} binds no ExperimentConfig.model")
+    model = with_run_vocabulary(model, run_dir)
+    params = restore_params(model, step_dir)
+    return LoadedModel(model, {"params": params}, run_dir, int(step_dir.name))

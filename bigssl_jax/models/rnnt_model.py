@@ -1,0 +1,175 @@
+"""RNN-T fine-tuning (the recipe's decoder): the Conformer encoder, an LSTM prediction network
+and a joint network.
+
+  x, paddings = encode_audio(audio)                           [B, T', D]  (SpecAugment in training)
+  logits = joint(x, prediction([blank, y_1 .. y_U]))          [B, T', U + 1, V]
+  L = sum_b w_b RNNT(logits_b, y_b) / sum_b w_b U_b           (per target token)
+
+The blank is the sentencepiece pad id 0 (never a target), also the prediction network's
+start symbol. Params: 'encoder' (restorable from pre-training with `init_params_scopes =
+('encoder',)`) and 'decoder' (`models.rnnt_decoder.RnntDecoder`); the recipe trains them
+with separate schedules (`OptimizerConfig.encoder_peak_lr`).
+
+Decoding (`decode`): greedy with `DecodingConfig.beam_size = 1`, else time-synchronous
+beam search (`decoding.rnnt_search`), optionally shallow-fused with `lm`.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bigssl_jax.decoding import rnnt_search
+from bigssl_jax.layers import frontend
+from bigssl_jax.losses import rnnt
+from bigssl_jax.models import asr, base, rnnt_decoder
+from bigssl_jax.models import encoder as encoder_lib
+
+RNG_STREAMS = ("dropout", "specaug")
+
+
+class RnntModel(nn.Module):
+    """(audio [B, S], paddings [B, S], labels i32[B, U]) -> (logits [B, T', U+1, V], [B, T']).
+
+    Attributes:
+      encoder: Conformer hyperparameters.
+      decoder: prediction and joint network hyperparameters (vocab_size = V).
+      log_mel: log-mel settings.
+      spec_augment: SpecAugment settings (training only); None disables it.
+    """
+
+    encoder: encoder_lib.EncoderConfig
+    decoder: rnnt_decoder.RnntDecoderConfig
+    log_mel: frontend.LogMelConfig = frontend.LogMelConfig()
+    spec_augment: frontend.SpecAugmentConfig | None = frontend.SpecAugmentConfig()
+
+    @nn.compact
+    def __call__(
+        self, audio: jax.Array, paddings: jax.Array, labels: jax.Array, *, train: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        x, paddings = encoder_lib.encode_audio(
+            self.encoder, self.log_mel, self.spec_augment, audio, paddings, train=train
+        )
+        logits = rnnt_decoder.RnntDecoder(self.decoder, name="decoder")(x, labels, train=train)
+        return logits, paddings
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RnntTrainModel:
+    """RNN-T fine-tuning as a `models.base.TrainModel` and `ScoredModel` (WER).
+
+    Attributes:
+      encoder: Conformer hyperparameters.
+      decoder: prediction and joint network hyperparameters; its vocab_size is the
+        sentencepiece vocabulary size.
+      log_mel: log-mel settings.
+      spec_augment: SpecAugment settings; None disables it.
+      decoding: how `decode` and `score` search.
+      vocabulary: the sentencepiece model `score` detokenises with (set by `bigssl train`).
+      lm: a shallow-fusion language model for beam search (set in code), or None.
+    """
+
+    encoder: encoder_lib.EncoderConfig
+    decoder: rnnt_decoder.RnntDecoderConfig = rnnt_decoder.RnntDecoderConfig()
+    log_mel: frontend.LogMelConfig = frontend.LogMelConfig()
+    spec_augment: frontend.SpecAugmentConfig | None = frontend.SpecAugmentConfig()
+    decoding: asr.DecodingConfig = asr.DecodingConfig()
+    vocabulary: str = ""
+    lm: Any = dataclasses.field(default=None, compare=False)
+    rng_streams: tuple[str, ...] = RNG_STREAMS
+    score_fields: tuple[str, ...] = asr.SCORING_FIELDS
+
+    @property
+    def module(self) -> RnntModel:
+        return RnntModel(
+            encoder=self.encoder,
+            decoder=self.decoder,
+            log_mel=self.log_mel,
+            spec_augment=self.spec_augment,
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.decoder.vocab_size
+
+    def init_variables(self, rng: jax.Array, batch: base.Batch) -> dict[str, Any]:
+        """{'params': boxed params}; only the batch's audio shape matters."""
+        audio = jnp.zeros(batch["audio"].shape, jnp.float32)
+        labels = jnp.zeros((audio.shape[0], 1), jnp.int32)
+        return dict(self.module.init(rng, audio, jnp.zeros_like(audio), labels, train=False))
+
+    def loss(
+        self, variables: Mapping[str, Any], batch: base.Batch, rng: jax.Array, *, step, train
+    ) -> tuple[jax.Array, base.Metrics]:
+        """RNN-T per target token; the loss weight is the (row-weighted) target token count."""
+        del step
+        logits, paddings = self.module.apply(
+            variables,
+            batch["audio"],
+            batch["audio_paddings"],
+            batch["targets"],
+            train=train,
+            rngs=base.split_rngs(rng, self.rng_streams),
+        )
+        loss, num_tokens = rnnt.rnnt_loss_and_weight(
+            logits, paddings, batch["targets"], batch["target_paddings"], batch["weights"]
+        )
+        return loss, {"rnnt_loss": loss, "num_tokens": num_tokens, base.LOSS_WEIGHT: num_tokens}
+
+    def encode(
+        self, variables: Mapping[str, Any], audio: jax.Array, paddings: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """Encoder outputs ([B, T', D], [B, T'] paddings) in evaluation mode."""
+        audio_encoder = encoder_lib.AudioEncoder(self.encoder, self.log_mel, spec_augment=None)
+        encoder_variables = {"params": {"encoder": variables["params"]["encoder"]}}
+        return audio_encoder.apply(encoder_variables, audio, paddings, train=False)
+
+    def decode(
+        self, variables: Mapping[str, Any], audio: jax.Array, paddings: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Transcribes audio [B, S]: (tokens i32[B, L], token_paddings f32[B, L], scores f32[B]).
+
+        Scores are log-probabilities of the chosen alignment (greedy) or of the hypothesis
+        summed over merged alignments, LM terms included (beam search).
+        """
+        encodings, frame_paddings = self.encode(variables, audio, paddings)
+        decoder = rnnt_decoder.RnntDecoder(self.decoder)
+        decoder_variables = {"params": variables["params"]["decoder"]}
+        decoding = self.decoding
+        if decoding.beam_size == 1:
+            return rnnt_search.greedy_search(
+                decoder,
+                decoder_variables,
+                encodings,
+                frame_paddings,
+                max_len=decoding.max_output_length,
+                max_symbols_per_frame=decoding.max_symbols_per_frame,
+            )
+        return rnnt_search.beam_search(
+            decoder,
+            decoder_variables,
+            encodings,
+            frame_paddings,
+            beam_size=decoding.beam_size,
+            max_len=decoding.max_output_length,
+            max_symbols_per_frame=decoding.max_symbols_per_frame,
+            lm=self.lm,
+            lm_weight=decoding.lm_weight if self.lm is not None else 0.0,
+        )
+
+    def score(
+        self, variables: Mapping[str, Any], batches: Iterable[base.Batch]
+    ) -> asr.TranscriptionReport:
+        """Decodes `batches` and scores them against their references (WER, CER)."""
+        decode = jax.jit(self.decode) if self.lm is not None else _jitted_decode(self)
+        return asr.score_batches(decode, variables, batches, self.vocabulary)
+
+
+@functools.lru_cache(maxsize=4)
+def _jitted_decode(model: RnntTrainModel) -> asr.Decode:
+    """`model.decode` of an LM-free model, jitted once per model (a frozen, hashable config)."""
+    return jax.jit(model.decode)

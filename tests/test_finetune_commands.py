@@ -1,0 +1,103 @@
+"""`bigssl train` (fine-tuning gins), `bigssl evaluate` and `bigssl transcribe` end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bigssl_tasks import toy_corpus, vocab
+
+CORPUS = "embedded_tiny"
+
+
+def _bigssl(*args, timeout=420):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    command = [os.path.join(os.path.dirname(sys.executable), "bigssl"), *map(str, args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    toy_corpus.write_toy_corpus(
+        data,
+        CORPUS,
+        splits={"labeled": (16, True), "dev": (8, True), "test": (8, True)},
+        num_shards=1,
+        max_seconds=1.5,
+    )
+    texts = [" ".join(toy_corpus.WORDS)] * 4 + list(toy_corpus.WORDS)
+    vocab.train_vocabulary(texts, vocab.vocab_path(data, CORPUS, 64), vocab_size=64)
+    return data
+
+
+@pytest.fixture(scope="module")
+def ctc_run(data_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ctc")
+    done = _bigssl(
+        "train",
+        "--gin_file=experiments/finetune_ctc_smoke.gin",
+        "--gin_bindings=TrainerConfig.num_steps = 2",
+        f"--model_dir={run}",
+        f"--data_dir={data_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+def test_ctc_run_scores_dev_wer_and_keeps_its_vocabulary(ctc_run):
+    scored = json.loads((ctc_run / "eval" / "2" / "wer.json").read_text())
+    assert scored["num_utterances"] == 8 and 0.0 <= scored["wer"]
+    assert (ctc_run / "vocabulary.model").exists()
+    assert (ctc_run / "eval" / "2" / "transcripts.tsv").read_text().count("\n") == 9
+
+
+def test_rnnt_smoke_experiment_trains_and_scores(data_dir, tmp_path):
+    done = _bigssl(
+        "train",
+        "--gin_file=experiments/finetune_rnnt_smoke.gin",
+        "--gin_bindings=TrainerConfig.num_steps = 2",
+        f"--model_dir={tmp_path}",
+        f"--data_dir={data_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'wer'" in done.stdout and "rnnt_loss" in done.stdout
+
+
+def test_evaluate_writes_every_split_and_a_summary(ctc_run, data_dir, tmp_path):
+    done = _bigssl(
+        "evaluate",
+        f"--checkpoint={ctc_run}",
+        f"--data_dir={data_dir}",
+        f"--output_dir={tmp_path}",
+        "--beam_size=2",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["step"] == 2 and set(results["results"]) == {"dev", "test"}
+    assert "evaluate: test: wer" in done.stdout
+    worst = json.loads((tmp_path / "test" / "worst.json").read_text())
+    assert len(worst) == 8 and worst[0]["errors"] >= worst[-1]["errors"]
+
+
+def test_transcribe_reads_any_rate_and_reports_bad_input_in_one_line(ctc_run, tmp_path):
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "a.wav", rng.standard_normal(8000) * 0.1, 8000)
+    sf.write(tmp_path / "b.flac", rng.standard_normal(44100) * 0.1, 44100)
+    done = _bigssl("transcribe", f"--checkpoint={ctc_run}", tmp_path / "a.wav", tmp_path / "b.flac")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [
+        str(tmp_path / "a.wav"),
+        str(tmp_path / "b.flac"),
+    ]
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not really audio")
+    bad = _bigssl("transcribe", f"--checkpoint={ctc_run}", tmp_path / "bad.wav")
+    assert bad.returncode == 1 and "bad.wav" in bad.stderr.strip().splitlines()[-1]
+    missing = _bigssl("transcribe", f"--checkpoint={tmp_path / 'none'}", tmp_path / "a.wav")
+    assert missing.returncode == 1
+    assert "no finalised checkpoint" in missing.stderr.strip().splitlines()[-1]
