@@ -28,6 +28,9 @@ CHECKPOINT = flags.DEFINE_string(
     None,
     "A trained run: its directory, its checkpoints/ directory or one step directory.",
 )
+BEAM_SIZE = flags.DEFINE_integer(
+    "beam_size", None, "Decode with this many hypotheses (default: the run's DecodingConfig)."
+)
 DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Data directory; default $BIGSSL_DATA_DIR, else ./bigssl_data."
 )

@@ -29,9 +29,6 @@ _SPLITS = flags.DEFINE_list(
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where to write the reports (default <run>/evaluate/<step>)."
 )
-_BEAM_SIZE = flags.DEFINE_integer(
-    "beam_size", None, "Override the run's DecodingConfig.beam_size (ASR models)."
-)
 _MAX_BATCHES = flags.DEFINE_integer(
     "max_batches", None, "Score at most this many batches per split (default: all)."
 )
@@ -101,7 +98,7 @@ def main(argv) -> int:
             common_flags.data_dir(),
             _SPLITS.value,
             _OUTPUT_DIR.value,
-            _BEAM_SIZE.value,
+            common_flags.BEAM_SIZE.value,
             _MAX_BATCHES.value,
         )
     except (FileNotFoundError, ValueError, registry_lib.CorpusNotFoundError) as error:

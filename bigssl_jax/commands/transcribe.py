@@ -24,7 +24,6 @@ from bigssl_jax.data import audio_io, schema
 TAKES_ARGUMENTS = True  # the audio files
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Files decoded together.")
-_BEAM_SIZE = flags.DEFINE_integer("beam_size", None, "Override the run's beam size.")
 _SAMPLE_RATE = flags.DEFINE_integer("sample_rate", None, "Sample rate of raw PCM files.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object per file.")
 
@@ -89,7 +88,7 @@ def main(argv) -> int:
 
     try:
         loaded = inference.load_model(common_flags.CHECKPOINT.value)
-        model = asr.with_beam_size(loaded.model, _BEAM_SIZE.value)
+        model = asr.with_beam_size(loaded.model, common_flags.BEAM_SIZE.value)
         if not hasattr(model, "decode"):
             raise ValueError(f"the model of {loaded.run_dir} does not transcribe (no decode)")
         texts = transcribe(model, loaded.variables, waves, _BATCH_SIZE.value)
