@@ -226,11 +226,13 @@ def make_train_step(
 
 
 def make_eval_step(model: base.TrainModel) -> Callable[..., base.Metrics]:
-    """`eval_step(params, model_state, batch, rng) -> metrics`, the loss in eval mode."""
+    """`eval_step(params, model_state, batch, rng, step) -> metrics`, the loss in eval mode
+    (at the train step `step`, so annealed quantities such as the Gumbel temperature are the
+    ones training uses)."""
 
-    def eval_step(params, model_state, batch, rng):
+    def eval_step(params, model_state, batch, rng, step):
         variables = {"params": params, **model_state}
-        loss, metrics = model.loss(variables, batch, rng, step=jnp.int32(0), train=False)
+        loss, metrics = model.loss(variables, batch, rng, step=step, train=False)
         return {k: jnp.asarray(v, jnp.float32) for k, v in {**metrics, "loss": loss}.items()}
 
     return eval_step
@@ -330,24 +332,39 @@ def _to_floats(collection: clu_metrics.Collection) -> dict[str, float]:
 
 
 def evaluate(eval_step, state, batches: Iterator[base.Batch], mesh, rng, max_batches):
-    """Averages `eval_step`'s metrics over up to `max_batches` batches, each batch weighing 1.
+    """Averages `eval_step`'s metrics over up to `max_batches` batches.
+
+    Each batch weighs its `LOSS_WEIGHT` (masked frames, target tokens...; 1 without it), so
+    the eval loss is the mean over the whole set, as one big batch would give;
+    `LOSS_WEIGHT` itself is reported as its mean per batch.
 
     Returns:
-      {name: value} averaged over batches, or {} when there is no batch.
+      {name: value}, or {} when there is no batch.
     """
-    collection = None
+    sums, total_weight, num_batches = {}, 0.0, 0
     for index, batch in enumerate(batches):
         if max_batches is not None and index >= max_batches:
             break
         global_batch = partitioning.make_global_batch(numeric_fields(batch), mesh)
         with partitioning.mesh_context(mesh):
             metrics = eval_step(
-                state.params, state.model_state, global_batch, jax.random.fold_in(rng, index)
+                state.params,
+                state.model_state,
+                global_batch,
+                jax.random.fold_in(rng, index),
+                state.step,
             )
-        if collection is None:
-            collection = _averages(tuple(sorted(metrics))).empty()
-        collection = collection.merge(type(collection).single_from_model_output(**metrics))
-    return {} if collection is None else _to_floats(collection)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        weight = metrics.get(base.LOSS_WEIGHT, 1.0)
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + (
+                value if name == base.LOSS_WEIGHT else weight * value
+            )
+        total_weight, num_batches = total_weight + weight, num_batches + 1
+    return {
+        name: value / (num_batches if name == base.LOSS_WEIGHT else max(total_weight, 1e-12))
+        for name, value in sums.items()
+    }
 
 
 def numeric_fields(batch: base.Batch) -> dict[str, Any]:

@@ -193,6 +193,21 @@ def test_train_logs_evaluates_and_checkpoints(tmp_path):
     assert list(tmp_path.glob("events.out.tfevents.*"))
 
 
+def test_eval_loss_is_the_whole_sets_mean_weighted_by_loss_weight():
+    state = _state(optimizers.make_optimizer(OPTIMIZER))
+    first, second = toy_batch(0), toy_batch(1)
+    second["weights"][: BATCH - 2] = 0.0  # a mostly padded last batch weighs 2 rows, not 1
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
+    eval_step = jax.jit(trainer.make_eval_step(ToyModel()))
+    values = trainer.evaluate(eval_step, state, iter([first, second]), mesh, jax.random.key(0), 5)
+    whole = {k: np.concatenate([first[k], second[k]]) for k in first}
+    loss, metrics = ToyModel().loss(
+        {"params": state.params}, whole, jax.random.key(0), step=0, train=False
+    )
+    np.testing.assert_allclose(values["loss"], loss, rtol=1e-5)
+    assert values[base.LOSS_WEIGHT] == (float(metrics[base.LOSS_WEIGHT]) / 2)
+
+
 def test_consecutive_nonfinite_steps_stop_with_finite_checkpoints(tmp_path):
     with pytest.raises(trainer.NonFiniteError, match="3 consecutive steps"):
         _train(tmp_path, 20, nan_from=5, max_consecutive_nonfinite=3, checkpoint_every=1)
