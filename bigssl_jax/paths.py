@@ -8,13 +8,26 @@ Everything the data commands write lives under one data directory:
         <data_dir>/vocab/                   sentencepiece models (`bigssl vocab`)
 
 The data directory is `--data_dir`, else `$BIGSSL_DATA_DIR`, else `./bigssl_data`.
+
+Run directories (`--model_dir`) and checkpoints may be URIs (`gs://bucket/runs/x` on Cloud
+TPU). `pathlib` folds `gs://b/r` into `gs:/b/r`, so code that touches a run directory goes
+through `as_path`, an `etils.epath.Path`: URIs stay URIs (TensorFlow's gfile serves them,
+`gs://` included) and local paths are made absolute.
 """
 
 import os
 import pathlib
 
+from etils import epath
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = REPO_ROOT / "gin"
+
+
+def as_path(path: os.PathLike | str) -> epath.Path:
+    """`path` as an `epath.Path`: a URI (`gs://b/r`) as it is, a local path made absolute."""
+    text = os.fspath(path)
+    return epath.Path(text) if "://" in text else epath.Path(text).absolute()
 
 
 def default_data_dir() -> pathlib.Path:

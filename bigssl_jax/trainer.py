@@ -36,7 +36,6 @@ import dataclasses
 import functools
 import itertools
 import os
-import pathlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -49,7 +48,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from clu import metrics as clu_metrics
 
-from bigssl_jax import checkpointing, optimizers, partitioning
+from bigssl_jax import checkpointing, optimizers, partitioning, paths
 from bigssl_jax import train_state as train_state_lib
 from bigssl_jax.models import base
 
@@ -110,6 +109,10 @@ class ExperimentConfig:
       train_split: the corpus split trained on.
       eval_split: the split evaluated on; None for no evaluation.
       task_kind: 'unlabeled' (audio only) or 'labeled' (audio + targets).
+      pseudo_labels: output directories of `bigssl pseudo-label` (their `manifest.json`):
+        their tasks are mixed into every training batch (the noisy student).
+      mix_ratios: with `pseudo_labels`, the in-batch shares of the train split and of each
+        pseudo-labeled task, e.g. (1, 9) (`batch_mixing`); empty: equal shares.
     """
 
     corpus: str = ""
@@ -117,6 +120,15 @@ class ExperimentConfig:
     train_split: str = "unlabeled"
     eval_split: str | None = "dev"
     task_kind: str = "unlabeled"
+    pseudo_labels: tuple[str, ...] = ()
+    mix_ratios: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if self.mix_ratios and len(self.mix_ratios) != 1 + len(self.pseudo_labels):
+            raise ValueError(
+                f"ExperimentConfig.mix_ratios {self.mix_ratios} needs one share for the train "
+                f"split and one per pseudo-labeled task ({len(self.pseudo_labels)})"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,7 +558,7 @@ class _Run:
             return {}
         batches = itertools.islice(self.eval_iter_fn(), self.config.eval_batches)
         report = self.model.score({"params": state.params, **state.model_state}, batches)
-        report.write(pathlib.Path(self.model_dir) / "eval" / str(step))
+        report.write(paths.as_path(self.model_dir) / "eval" / str(step))
         return dict(report.metrics)
 
     def log_train(self, step: int, collection: clu_metrics.Collection) -> None:

@@ -29,11 +29,11 @@ EXPERIMENTS = {
 }
 
 
-def _build(name: str) -> dict:
+def _build(name: str, bindings=()) -> dict:
     """The configurables an experiment gin binds (gin state cleared afterwards)."""
     gin.clear_config()
     try:
-        gin_utils.parse([f"experiments/librispeech/{name}.gin"])
+        gin_utils.parse([f"experiments/librispeech/{name}.gin"], bindings)
         built = {
             "experiment": configurables.ExperimentConfig(),
             "trainer": configurables.TrainerConfig(),
@@ -92,4 +92,50 @@ def test_librispeech_pretraining_experiment(name):
     devices = aot.topology_devices(aot.parse_topology(topology))
     mesh = partitioning.make_mesh(built["mesh"], devices)
     assert mesh.shape["fsdp"] == len(devices)
+    partitioning.state_shardings(boxed, mesh, partitioning.LOGICAL_AXIS_RULES)
+
+
+# name -> (layers, optimizer, noisy student)
+FINETUNING = {
+    "finetune_rnnt_xl": (24, "adam", False),
+    "finetune_rnnt_xxl": (42, "adafactor", False),
+    "nst_student_gen1_xl": (24, "adam", True),
+    "nst_student_gen2_xl": (24, "adam", True),
+    "nst_student_gen3_xxl": (42, "adafactor", True),
+    "nst_student_gen4_xxl_plus": (43, "adafactor", True),
+}
+FINETUNE_BATCH = 256
+
+
+@pytest.mark.parametrize("name", sorted(FINETUNING))
+def test_librispeech_finetuning_and_student_experiment(name):
+    from bigssl_jax.models import rnnt_model
+
+    layers, optimizer_name, student = FINETUNING[name]
+    built = _build(name, ["PSEUDO_LABELS = 'gs://bucket/pseudo/gen1'"] if student else [])
+    experiment, model = built["experiment"], built["experiment"].model
+    assert experiment.corpus == "librispeech" and experiment.train_split == "labeled"
+    assert isinstance(model, rnnt_model.RnntTrainModel)
+    assert model.encoder.num_layers == layers and model.vocab_size == 1024
+    assert (model.decoder.lstm_layers, model.decoder.lstm_dim) == (2, 640)
+    assert model.spec_augment is not None
+    if student:
+        assert experiment.pseudo_labels == ("gs://bucket/pseudo/gen1",)
+        assert experiment.mix_ratios == (1, 9)
+    else:
+        assert experiment.pseudo_labels == ()
+
+    optimizer = built["optimizer"]
+    assert optimizer.name == optimizer_name
+    assert (optimizer.encoder_peak_lr, optimizer.encoder_warmup_steps) == (3e-4, 5000)
+    assert (optimizer.peak_lr, optimizer.warmup_steps) == (1e-3, 1500)
+    config = built["trainer"]
+    assert config.init_params_scopes == ("encoder",) and config.best_metric == "wer"
+    hosts = aot.parse_topology(built["compile"].topology).num_chips // CHIPS_PER_HOST
+    assert built["train_input"].batch_size * hosts == FINETUNE_BATCH
+
+    boxed = _abstract_state(model, optimizer)
+    assert set(boxed.params) == {"encoder", "decoder"}
+    devices = aot.topology_devices(aot.parse_topology(built["compile"].topology))
+    mesh = partitioning.make_mesh(built["mesh"], devices)
     partitioning.state_shardings(boxed, mesh, partitioning.LOGICAL_AXIS_RULES)

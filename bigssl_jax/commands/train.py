@@ -16,8 +16,7 @@ stopped by SIGTERM / SIGINT after saving a checkpoint.
 
 import dataclasses
 import functools
-import pathlib
-import shutil
+import os
 import sys
 
 from absl import logging
@@ -63,6 +62,35 @@ def _host_iterator(config, shard):
     return distributed.MultiHostIterator(input_pipeline.make_iterator(config, shard_info=shard))
 
 
+def register_pseudo_labeled_tasks(experiment) -> list[str]:
+    """Registers the tasks of `experiment.pseudo_labels` (pseudo-label output dirs); names."""
+    from bigssl_tasks import pseudo_labeled
+
+    return [
+        pseudo_labeled.register_from_manifest(os.path.join(directory, "manifest.json"))
+        for directory in experiment.pseudo_labels
+    ]
+
+
+def _train_iterator(config, pseudo_tasks: list[str], mix_ratios, shard):
+    """The training batches: the train split's, or with pseudo-labeled tasks an in-batch
+    mix of the split and those tasks (`batch_mixing`, shares `mix_ratios`)."""
+    from bigssl_jax import batch_mixing, distributed, input_pipeline
+
+    if not pseudo_tasks:
+        return _host_iterator(config, shard)
+    ratios = mix_ratios or (1.0,) * (1 + len(pseudo_tasks))
+    counts = batch_mixing.split_batch_size(config.batch_size, ratios)
+    tasks = [config.task, *pseudo_tasks]
+    iterators = {
+        task: input_pipeline.make_iterator(
+            dataclasses.replace(config, task=task, batch_size=count), shard_info=shard
+        )
+        for task, count in zip(tasks, counts, strict=True)
+    }
+    return distributed.MultiHostIterator(batch_mixing.InBatchMixer(iterators))
+
+
 def _vocab_size(model) -> int:
     """The vocabulary a model reads: `<corpus>_<model.vocab_size>.model` (default size else)."""
     from bigssl_tasks import vocab
@@ -73,7 +101,9 @@ def _vocab_size(model) -> int:
 def _with_vocabulary(model, corpus: str, data_dir, model_dir: str):
     """A model that reads text (a `vocabulary` field left empty) gets the corpus vocabulary,
     copied into the run directory so that the run alone can be evaluated or transcribed."""
-    from bigssl_jax import inference
+    import jax
+
+    from bigssl_jax import inference, paths
     from bigssl_tasks import vocab
 
     if not hasattr(model, "vocabulary") or model.vocabulary:
@@ -84,11 +114,12 @@ def _with_vocabulary(model, corpus: str, data_dir, model_dir: str):
             f"no vocabulary at {source}: run `bigssl vocab --corpus={corpus} "
             f"--vocab_size={model.vocab_size}`"
         )
-    copy = pathlib.Path(model_dir) / inference.VOCABULARY_FILE
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    tmp = copy.with_suffix(".tmp")
-    shutil.copyfile(source, tmp)
-    tmp.replace(copy)
+    copy = paths.as_path(model_dir) / inference.VOCABULARY_FILE
+    if jax.process_index() == 0:  # the run dir may be shared (gs://): one process writes
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = copy.with_name(copy.name + ".tmp")
+        paths.as_path(source).copy(tmp, overwrite=True)
+        tmp.replace(copy)
     return dataclasses.replace(model, vocabulary=str(copy))
 
 
@@ -122,6 +153,7 @@ def run(model_dir: str, data_dir) -> int:
     try:
         model = _with_vocabulary(model, experiment.corpus, data_dir, model_dir)
         train_config = _input_config("train", task(experiment.train_split))
+        pseudo_tasks = register_pseudo_labeled_tasks(experiment)
         eval_iter_fn = None
         if experiment.eval_split:
             eval_config = _input_config(
@@ -146,11 +178,16 @@ def run(model_dir: str, data_dir) -> int:
             optimizer=optimizer,
             config=trainer_config,
             mesh=mesh,
-            train_iter=_host_iterator(train_config, shard),
+            train_iter=_train_iterator(train_config, pseudo_tasks, experiment.mix_ratios, shard),
             model_dir=model_dir,
             eval_iter_fn=eval_iter_fn,
         )
-    except (input_pipeline.InputDataError, FileNotFoundError, trainer.NonFiniteError) as error:
+    except (
+        input_pipeline.InputDataError,
+        FileNotFoundError,
+        ValueError,  # e.g. a checkpointed input position from other input settings
+        trainer.NonFiniteError,
+    ) as error:
         print(f"train: {error}", file=sys.stderr)
         return 1
     if result.preempted:
