@@ -2,7 +2,7 @@
 
 Install for development and tests (the README's set-up command):
 
-    pip install -e ".[test,tpu-aot]"
+    pip install -e ".[test,tpu-aot,beam]"
 """
 
 import setuptools

@@ -3,43 +3,100 @@
     bigssl pipeline --preset=demo
 
 Stages run in order; each one finds its own finished output and skips (a re-run after an
-interruption picks up where it stopped):
+interruption picks up where it stopped, and an interrupted training stage resumes from its
+latest checkpoint):
 
-1. corpus:  synthesise the embedded corpus (`bigssl make-corpus`).
-2. prepare: TFRecord shards + registry entry for every split (`bigssl prepare --embedded`).
-3. vocab:   sentencepiece model on the labeled transcripts (`bigssl vocab`).
-4. batches: one batch of the labeled and of the unlabeled seqio task (`bigssl show-batches`).
+1. corpus:    synthesise the embedded corpus (`bigssl make-corpus`).
+2. prepare:   TFRecord shards + registry entry for every split (`bigssl prepare --embedded`).
+3. vocab:     sentencepiece model on the labeled transcripts (`bigssl vocab`).
+4. batches:   one batch of the labeled and of the unlabeled seqio task (`bigssl show-batches`).
+5. pretrain:  self-supervised pre-training on the unlabeled split (BEST-RQ).
+6. baseline:  supervised only: fine-tuning from scratch on the labeled split.
+7. teacher:   fine-tuning the pre-trained encoder on the labeled split.
+8. generations g = 1..N of noisy student training:
+     pseudo-label_g: the previous model (the teacher, then student g - 1) transcribes the
+                     unlabeled split (`bigssl pseudo-label`);
+     student_g:      the pre-trained encoder fine-tuned on labeled + pseudo-labeled batches
+                     mixed 1:9 in every batch, with SpecAugment as its noise.
+9. evaluate:  WER of every model on dev, test and test_clean (`bigssl evaluate`); one table
+              (`results.md`, `results.json`) and a plot (`results.png`).
 
-Pre-training, fine-tuning, pseudo-labeling and student training join as their stages land.
+Stages 5-9 run `bigssl` subprocesses (one clean process and gin config each) with the
+preset's experiment gins, writing under `<data_dir>/pipeline/<preset>/<stage>/` with a
+`<stage>.log`; a stage is done when its `DONE` marker exists.
 """
 
 import dataclasses
+import json
 import os
+import pathlib
+import subprocess
+import sys
 import time
 
 from bigssl_jax import paths
 from bigssl_jax.data import prepare, synthetic_corpus
 from bigssl_jax.data import registry as registry_lib
 
+DONE = "DONE"
+EVAL_SPLITS = ("dev", "test", "test_clean")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PipelinePreset:
-    """What one pipeline preset runs on.
+    """What one pipeline preset runs.
 
     Attributes:
       corpus_preset: the `bigssl make-corpus` preset of the embedded corpus.
       vocab_size: sentencepiece pieces asked for (a soft limit on small corpora).
       batch_size: batch size of the batches shown.
+      pretrain_gin: experiment gin of the pre-training stage.
+      finetune_gin: experiment gin of the baseline, the teacher and the students (CTC or
+        RNN-T fine-tuning; its VOCAB_SIZE macro is set to `vocab_size`).
+      pretrain_bindings, finetune_bindings, student_bindings: extra gin bindings.
+      generations: noisy student generations.
+      mix_ratios: in-batch shares of labeled and pseudo-labeled rows for the students.
+      pseudo_label_flags: extra `bigssl pseudo-label` flags (beam size, filtering).
     """
 
     corpus_preset: str
-    vocab_size: int = 1024
+    vocab_size: int
     batch_size: int = 8
+    pretrain_gin: str = "experiments/pretrain_best_rq_small.gin"
+    finetune_gin: str = "experiments/finetune_ctc_small.gin"
+    pretrain_bindings: tuple[str, ...] = ()
+    finetune_bindings: tuple[str, ...] = ()
+    student_bindings: tuple[str, ...] = ()
+    generations: int = 1
+    mix_ratios: tuple[float, float] = (1.0, 9.0)
+    pseudo_label_flags: tuple[str, ...] = ()
 
 
 PRESETS = {
-    "smoke": PipelinePreset(corpus_preset="tiny", batch_size=4),
-    "demo": PipelinePreset(corpus_preset="small"),
+    "smoke": PipelinePreset(
+        corpus_preset="tiny",
+        vocab_size=64,
+        batch_size=4,
+        pretrain_gin="experiments/pretrain_best_rq_smoke.gin",
+        finetune_gin="experiments/finetune_ctc_smoke.gin",
+        pretrain_bindings=("TrainerConfig.num_steps = 2",),
+        finetune_bindings=("TrainerConfig.num_steps = 2",),
+        mix_ratios=(1.0, 3.0),
+        pseudo_label_flags=("--batch_size=8",),
+    ),
+    "demo": PipelinePreset(
+        corpus_preset="small",
+        vocab_size=256,
+        pretrain_bindings=(
+            "TrainerConfig.num_steps = 600",
+            "train/InputConfig.batch_size = 8",
+            "train/InputConfig.bucket_seconds = (2.0, 4.0, 8.0)",
+        ),
+        finetune_bindings=("TrainerConfig.num_steps = 1000", "TrainerConfig.eval_every = 500"),
+        student_bindings=("train/InputConfig.batch_size = 10",),
+        generations=2,
+        pseudo_label_flags=("--keep_top_fraction=0.9",),
+    ),
 }
 
 
@@ -47,8 +104,143 @@ def _stage(name: str, message: str, start: float) -> None:
     print(f"[{name}] {message} ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
+class StageError(RuntimeError):
+    """A stage's subprocess failed; the message names the stage and its log."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Runner:
+    """Runs `bigssl` stage subprocesses of one preset under `work_dir`."""
+
+    preset: PipelinePreset
+    corpus: str
+    data_dir: pathlib.Path
+    work_dir: pathlib.Path
+
+    def run(self, name: str, command: str, *args: str) -> pathlib.Path:
+        """`bigssl <command> <args>` as stage `name`, unless its DONE marker exists."""
+        stage_dir = self.work_dir / name
+        start = time.perf_counter()
+        if (stage_dir / DONE).exists():
+            _stage(name, f"found {stage_dir}", start)
+            return stage_dir
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        log = self.work_dir / f"{name}.log"
+        argv = [sys.executable, "-m", "bigssl_jax.cli", command, *args]
+        with open(log, "a") as out:
+            done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
+        if done.returncode:
+            raise StageError(f"stage '{name}' failed (exit {done.returncode}); see {log}")
+        (stage_dir / DONE).write_text(json.dumps({"command": argv[3:]}) + "\n")
+        _stage(name, f"done: {stage_dir}", start)
+        return stage_dir
+
+    def train(self, name: str, gin_file: str, bindings) -> pathlib.Path:
+        flags = [f"--gin_bindings={b}" for b in bindings]
+        return self.run(
+            name,
+            "train",
+            f"--gin_file={gin_file}",
+            f"--gin_bindings=VOCAB_SIZE = {self.preset.vocab_size}",
+            *flags,
+            f"--model_dir={self.work_dir / name}",
+            f"--data_dir={self.data_dir}",
+        )
+
+    def finetune(self, name: str, init: pathlib.Path | None, bindings=()) -> pathlib.Path:
+        init_binding = [f"TrainerConfig.init_checkpoint = '{init}'"] if init else []
+        return self.train(
+            name,
+            self.preset.finetune_gin,
+            [*self.preset.finetune_bindings, *init_binding, *bindings],
+        )
+
+
+def _semi_supervised_stages(runner: _Runner) -> dict[str, pathlib.Path]:
+    """Stages 5-8: pre-training, baseline, teacher, pseudo-labels and students."""
+    preset = runner.preset
+    pretrained = runner.train("pretrain", preset.pretrain_gin, preset.pretrain_bindings)
+    models = {"baseline": runner.finetune("baseline", None)}
+    models["teacher"] = teacher = runner.finetune("teacher", pretrained)
+    for generation in range(1, preset.generations + 1):
+        labels = runner.work_dir / f"pseudo_label_{generation}"
+        runner.run(
+            labels.name,
+            "pseudo-label",
+            f"--checkpoint={teacher}",
+            f"--data_dir={runner.data_dir}",
+            f"--corpus={runner.corpus}",
+            "--split=unlabeled",
+            f"--output_dir={labels}",
+            f"--name={runner.corpus}_pseudo_{generation}",
+            *preset.pseudo_label_flags,
+        )
+        student = [
+            f"ExperimentConfig.pseudo_labels = ('{labels}',)",
+            f"ExperimentConfig.mix_ratios = {tuple(preset.mix_ratios)}",
+            *preset.student_bindings,
+        ]
+        teacher = runner.finetune(f"student_{generation}", pretrained, student)
+        models[f"student_{generation}"] = teacher
+    return models
+
+
+def _evaluate(runner: _Runner, models: dict[str, pathlib.Path]) -> dict[str, dict]:
+    """Stage 9: every model's WER per split, the table and the plot."""
+    results = {}
+    for name, run_dir in models.items():
+        stage_dir = runner.run(
+            f"evaluate_{name}",
+            "evaluate",
+            f"--checkpoint={run_dir}",
+            f"--data_dir={runner.data_dir}",
+            f"--splits={','.join(EVAL_SPLITS)}",
+            f"--output_dir={runner.work_dir / f'evaluate_{name}'}",
+        )
+        scored = json.loads((stage_dir / "results.json").read_text())["results"]
+        results[name] = {split: scored[split]["wer"] for split in scored}
+    write_results(results, runner.work_dir)
+    return results
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """A Markdown table: one row per model, WER (%) per split."""
+    splits = [s for s in EVAL_SPLITS if any(s in r for r in results.values())]
+    lines = ["| model | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
+    for name, wers in results.items():
+        cells = [f"{100 * wers[s]:.1f}" if s in wers else "-" for s in splits]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, dict], work_dir: pathlib.Path) -> None:
+    """`results.json`, `results.md` and `results.png` (WER per model and split)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    (work_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (work_dir / "results.md").write_text(results_table(results) + "\n")
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    names = list(results)
+    for split in EVAL_SPLITS:
+        values = [100 * results[name].get(split, float("nan")) for name in names]
+        axis.plot(names, values, marker="o", label=split)
+    axis.set_ylabel("WER (%)")
+    axis.set_title("WER per pipeline stage")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(work_dir / "results.png", dpi=120)
+    plt.close(figure)
+
+
 def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1) -> int:
-    """Runs every stage of `preset_name`; returns the exit code (0 = all stages done)."""
+    """Runs every stage of `preset_name`; returns the exit code (0 = all stages done).
+
+    Raises:
+      StageError: a training, labeling or evaluation stage failed (its log is named).
+    """
     from bigssl_jax.commands import show_batches
     from bigssl_tasks import vocab
 
@@ -89,4 +281,10 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
         )
         if status:
             return status
+
+    work_dir = pathlib.Path(data_dir) / "pipeline" / preset_name
+    runner = _Runner(preset, corpus, pathlib.Path(data_dir), work_dir)
+    results = _evaluate(runner, _semi_supervised_stages(runner))
+    print(f"\nWER (%) on {corpus} ({work_dir / 'results.png'}):\n")
+    print(results_table(results), flush=True)
     return 0

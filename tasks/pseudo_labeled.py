@@ -12,11 +12,17 @@ A pseudo-labeler writes TFRecords of `tf.train.Example`s with these features:
 | `teacher`     | bytes       | which model produced it (optional)                       |
 | `tokens`      | int64 list  | the teacher's token ids (optional; not read: `text` is   |
 |               |             | tokenised with the task's vocabulary instead)            |
+| `score`       | float       | the teacher's log-probability of `text` (optional)       |
 
 The task's examples have the labeled tasks' output features (`audio`, `targets`,
 `confidence`), so labeled and pseudo-labeled tasks mix in one seqio Mixture.
+
+`bigssl pseudo-label` (`bigssl_jax.pseudo_label`) writes such shards plus a
+`manifest.json`; `register_from_manifest` registers its task, keeping only the
+utterances its filter kept (`kept_ids`, one id a line, when the filter dropped any).
 """
 
+import json
 import os
 
 import numpy as np
@@ -47,6 +53,7 @@ def make_example(
     confidence: float,
     teacher: str = "",
     tokens=None,
+    score: float | None = None,
 ) -> bytes:
     """Serialises one pseudo-labeled utterance (16 kHz mono audio [S])."""
     import tensorflow as tf
@@ -67,7 +74,28 @@ def make_example(
         features["tokens"] = tf.train.Feature(
             int64_list=tf.train.Int64List(value=[int(t) for t in tokens])
         )
+    if score is not None:
+        features["score"] = tf.train.Feature(float_list=tf.train.FloatList(value=[score]))
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def keep_ids(ids_file: os.PathLike):
+    """A seqio preprocessor keeping the records whose `id` is listed in `ids_file`."""
+
+    def keep(dataset):
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(os.fspath(ids_file)) as f:
+            ids = [line for line in f.read().splitlines() if line]
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(ids, tf.string), tf.ones([len(ids)], tf.int32)
+            ),
+            default_value=0,
+        )
+        return dataset.filter(lambda ex: table.lookup(ex["id"]) > 0)
+
+    return keep
 
 
 def register_pseudo_labeled_task(
@@ -76,6 +104,7 @@ def register_pseudo_labeled_task(
     *,
     vocab_path: os.PathLike,
     num_examples: int | None = None,
+    kept_ids: os.PathLike | None = None,
 ) -> str:
     """Registers a pseudo-labeled task over `file_pattern` (a glob or a list of files).
 
@@ -83,19 +112,46 @@ def register_pseudo_labeled_task(
       name: task name.
       file_pattern: the pseudo-labeler's TFRecord shards.
       vocab_path: sentencepiece model that tokenises `text` into `targets`.
-      num_examples: number of records, when known.
+      num_examples: number of records (kept ones, with `kept_ids`), when known.
+      kept_ids: a file of utterance ids, one a line: only those records are read.
 
     Returns:
       `name`.
     """
     files = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    selection = [] if kept_ids is None else [keep_ids(kept_ids)]
     return registration.add_task(
         name,
-        signature=("pseudo_labeled", tuple(files), str(vocab_path)),
+        signature=("pseudo_labeled", tuple(files), str(vocab_path), str(kept_ids)),
         files=files,
         split=corpus_tasks.SPLIT,
         feature_description=feature_description(),
-        preprocessors=corpus_tasks.labeled_preprocessors(),
+        preprocessors=[*selection, *corpus_tasks.labeled_preprocessors()],
         output_features=corpus_tasks.labeled_output_features(vocab_path),
         num_examples=num_examples,
+    )
+
+
+def register_from_manifest(manifest_path: os.PathLike, *, name: str | None = None) -> str:
+    """Registers the task a `bigssl pseudo-label` manifest describes.
+
+    Args:
+      manifest_path: `<output_dir>/manifest.json`; its relative paths are relative to it.
+      name: task name; default the manifest's.
+
+    Returns:
+      The task name.
+    """
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(os.fspath(manifest_path)) as f:
+        manifest = json.loads(f.read())
+    root = os.path.dirname(os.fspath(manifest_path))
+    kept = manifest.get("kept_ids")
+    return register_pseudo_labeled_task(
+        registration.sanitize_name(name or manifest["name"]),
+        [os.path.join(root, path) for path in manifest["files"]],
+        vocab_path=os.path.join(root, manifest["vocabulary"]),
+        num_examples=manifest["num_examples"],
+        kept_ids=os.path.join(root, kept) if kept else None,
     )

@@ -13,7 +13,7 @@ def _run_pipeline(data_dir):
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=1200,
     )
 
 
@@ -30,9 +30,20 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     splits = registry["corpora"]["embedded_tiny"]["splits"]
     assert sorted(splits) == ["dev", "labeled", "test", "test_clean", "unlabeled"]
     assert splits["labeled"]["labeled"] and not splits["unlabeled"]["labeled"]
-    assert (tmp_path / "vocab" / "embedded_tiny_1024.model").is_file()
+    assert (tmp_path / "vocab" / "embedded_tiny_64.model").is_file()
+    work = tmp_path / "pipeline" / "smoke"
+    for stage in ("pretrain", "baseline", "teacher", "pseudo_label_1", "student_1"):
+        assert f"[{stage}] done" in first.stdout
+        assert (work / stage / "DONE").exists()
+    manifest = json.loads((work / "pseudo_label_1" / "manifest.json").read_text())
+    assert manifest["num_examples"] > 0
+    results = json.loads((work / "results.json").read_text())
+    assert list(results) == ["baseline", "teacher", "student_1"]
+    assert all(set(wers) == {"dev", "test", "test_clean"} for wers in results.values())
+    assert "| student_1 |" in first.stdout and (work / "results.png").stat().st_size > 0
 
     second = _run_pipeline(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "[corpus] found" in second.stdout
     assert "[vocab] found" in second.stdout
+    assert "[student_1] found" in second.stdout and "| teacher |" in second.stdout

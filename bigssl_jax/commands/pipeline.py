@@ -1,7 +1,7 @@
 """`bigssl pipeline`: the main job, every stage on the embedded corpus (see `bigssl_jax.pipeline`).
 
 bigssl pipeline --preset=demo      # the small corpus (~2,500 utterances)
-bigssl pipeline --preset=smoke     # the tiny corpus, seconds
+bigssl pipeline --preset=smoke     # the tiny corpus, a few steps per stage (minutes)
 """
 
 import os
@@ -32,6 +32,7 @@ def main(argv) -> int:
         synthetic_corpus.CorpusError,
         prepare.PrepareError,
         sources.SourceError,
+        pipeline.StageError,
         OSError,
     ) as error:
         print(f"pipeline: {error}", file=sys.stderr)

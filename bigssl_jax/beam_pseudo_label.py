@@ -1,0 +1,187 @@
+"""Pseudo-labeling at scale: the same per-unit labeling as an Apache Beam pipeline.
+
+    Create(units 0..U-1) -> Reshuffle -> ParDo(LabelUnits) -> Count -> finalize
+
+Each worker loads the teacher once (`DoFn.setup`) and runs `pseudo_label.label_unit` on
+the units it is handed: the same files, atomic renames and done markers as
+`bigssl pseudo-label`, so a retried or speculatively duplicated bundle rewrites a unit's
+one file and no utterance is labeled twice; re-running a failed pipeline skips the units
+already done. After the last unit, one worker filters and writes the manifest and report
+(`pseudo_label.finalize`). Needs the `beam` extra (`pip install -e ".[beam]"`); runs on
+the DirectRunner, Dataflow, Flink or Spark (see docs/self_training.md).
+
+    python -m bigssl_jax.beam_pseudo_label --checkpoint=gs://b/runs/ctc \\
+        --data_dir=gs://b/data --corpus=c --output_dir=gs://b/pl/gen1 -- \\
+        --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp \\
+        --setup_file=./setup.py
+"""
+
+import dataclasses
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from bigssl_jax import pseudo_label
+from bigssl_jax.models import asr
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointTeacher:
+    """A picklable teacher factory: `pseudo_label.load_teacher` on the worker.
+
+    Attributes:
+      checkpoint: the teacher's run, checkpoints or step directory.
+      decoding: replaces the run's decoding settings (None: the run's).
+    """
+
+    checkpoint: str
+    decoding: asr.DecodingConfig | None = None
+
+    def __call__(self) -> pseudo_label.Teacher:
+        return pseudo_label.load_teacher(self.checkpoint, decoding=self.decoding)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalizeSpec:
+    """What the last step needs (see `pseudo_label.finalize`)."""
+
+    name: str
+    vocabulary: str
+    filtering: pseudo_label.FilterConfig = pseudo_label.FilterConfig()
+    oracle_files: tuple[str, ...] = ()
+    num_input_examples: int | None = None
+
+
+def _finalize(_, output_dir: str, spec: FinalizeSpec) -> dict:
+    oracle = pseudo_label.read_oracle_texts(spec.oracle_files) if spec.oracle_files else None
+    return pseudo_label.finalize(
+        output_dir,
+        name=spec.name,
+        vocabulary=spec.vocabulary,
+        filtering=spec.filtering,
+        oracle=oracle,
+        num_input_examples=spec.num_input_examples,
+    )
+
+
+def build(
+    pipeline,
+    *,
+    teacher_fn: Callable[[], pseudo_label.Teacher],
+    config: pseudo_label.LabelConfig,
+    finalize: FinalizeSpec,
+    register_tasks: Callable[[], object] | None = None,
+):
+    """Adds the labeling to `pipeline`; returns the PCollection of the one report.
+
+    Args:
+      pipeline: a `beam.Pipeline`.
+      teacher_fn: builds the teacher on a worker (picklable, e.g. `CheckpointTeacher`).
+      config: the labeling job (`config.task` must be registered on the workers:
+        `register_tasks` does it in each worker's setup).
+      finalize: the filtering and manifest settings.
+      register_tasks: registers the seqio task on a worker (picklable), or None when
+        it is registered at import time.
+    """
+    import apache_beam as beam
+
+    class LabelUnits(beam.DoFn):
+        """Labels the units it is given with a teacher loaded once per worker."""
+
+        def setup(self):
+            if register_tasks is not None:
+                register_tasks()
+            self._decoder = pseudo_label.Decoder(teacher_fn(), config.decoding)
+
+        def process(self, unit: int):
+            marker = pseudo_label.label_unit(self._decoder, config, unit)
+            yield unit, len(marker["utterances"])
+
+    pseudo_label.start_job(config)
+    return (
+        pipeline
+        | "Units" >> beam.Create(list(range(config.num_units)))
+        | "Spread" >> beam.Reshuffle()
+        | "Label" >> beam.ParDo(LabelUnits())
+        | "AllDone" >> beam.combiners.Count.Globally()
+        | "Finalize" >> beam.Map(_finalize, config.output_dir, finalize)
+    )
+
+
+def _register_corpus(corpus: str, data_dir: str) -> None:
+    from bigssl_tasks import corpus_tasks
+
+    corpus_tasks.register_corpus_tasks(corpus, data_dir=data_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bigssl_jax.beam_pseudo_label [flags] -- [Beam pipeline options]`."""
+    import argparse
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from bigssl_jax import paths
+    from bigssl_jax.data import registry as registry_lib
+    from bigssl_jax.data import schema
+    from bigssl_tasks import corpus_tasks
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for flag in ("checkpoint", "data_dir", "corpus", "output_dir"):
+        parser.add_argument(f"--{flag}", required=True)
+    parser.add_argument("--split", default="unlabeled")
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--beam_size", type=int, default=None)
+    parser.add_argument("--min_confidence", type=float, default=None)
+    parser.add_argument("--keep_top_fraction", type=float, default=1.0)
+    parser.add_argument("--normalization", default="token", choices=pseudo_label.NORMALIZATIONS)
+    args, beam_args = parser.parse_known_args(argv)
+    try:
+        info = registry_lib.CorpusRegistry(paths.registry_path(args.data_dir)).split(
+            args.corpus, args.split
+        )
+        register = functools.partial(_register_corpus, args.corpus, args.data_dir)
+        register()
+        task = corpus_tasks.task_name(args.corpus, args.split, "unlabeled")
+        teacher = pseudo_label.load_teacher(args.checkpoint)  # settings and name only
+    except (registry_lib.CorpusNotFoundError, KeyError, FileNotFoundError, ValueError) as error:
+        print(f"beam_pseudo_label: {error}", file=sys.stderr)
+        return 1
+    decoding = teacher.model.decoding
+    if args.beam_size is not None:
+        decoding = dataclasses.replace(decoding, beam_size=args.beam_size)
+    config = pseudo_label.LabelConfig(
+        task=task,
+        output_dir=args.output_dir,
+        num_units=pseudo_label.num_units(task),
+        teacher=teacher.name,
+        decoding=decoding,
+        batch_size=args.batch_size,
+    )
+    spec = FinalizeSpec(
+        name=args.name or f"{args.corpus}_{args.split}_pseudo",
+        vocabulary=teacher.model.vocabulary,
+        filtering=pseudo_label.FilterConfig(
+            min_confidence=args.min_confidence,
+            keep_top_fraction=args.keep_top_fraction,
+            normalization=args.normalization,
+        ),
+        oracle_files=tuple(info.files) if schema.ORACLE_TEXT_FIELD in info.extra_fields else (),
+        num_input_examples=info.num_examples,
+    )
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+        reports = build(
+            pipeline,
+            teacher_fn=CheckpointTeacher(args.checkpoint, decoding),
+            config=config,
+            finalize=spec,
+            register_tasks=register,
+        )
+        reports | "Print" >> beam.Map(lambda report: print(json.dumps(report, indent=2)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""`bigssl pseudo-label`: a teacher transcribes a corpus split for noisy student training.
+
+    bigssl pseudo-label --checkpoint=/runs/ctc_teacher --data_dir=/tmp/demo \\
+        --corpus=embedded_small --split=unlabeled --output_dir=/tmp/pl_gen1 --name=pl_gen1 \\
+        --beam_size=8 --keep_top_fraction=0.9
+
+Each process labels its own files of the split's unlabeled task (`bigssl_jax.pseudo_label`)
+into `<output_dir>/shards/`, data-parallel over its devices; process 0 then filters
+(`--min_confidence`, `--keep_top_fraction`, `--normalization`) and writes
+`manifest.json` and `report.json` (labeled / kept counts, and the oracle WER of the kept
+labels when the split carries the synthetic corpus's hidden transcripts). Re-running the
+same command after a crash (even `kill -9`) labels only the unfinished files; re-running
+it when all are done only re-filters. Register the result in a gin experiment with
+`bigssl_tasks.pseudo_labeled.register_from_manifest('<output_dir>/manifest.json')`.
+
+`--lm_checkpoint` (a `bigssl train-lm` run over the same vocabulary) shallow-fuses its
+Transformer LM into the teacher's beam search with weight `--lm_weight`.
+
+Exit codes: 0 done; 1 a user error (one line on stderr); 2 bad flags.
+"""
+
+import dataclasses
+import json
+import sys
+
+from absl import flags, logging
+
+from bigssl_jax.commands import common_flags
+
+_CORPUS = flags.DEFINE_string("corpus", None, "Registered corpus to label.")
+_SPLIT = flags.DEFINE_string("split", "unlabeled", "The corpus split to label.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where shards, manifest and report go.")
+_NAME = flags.DEFINE_string(
+    "name", None, "Name of the pseudo-labeled task; default <corpus>_<split>_pseudo."
+)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Utterances per decode call per process.")
+_BUCKET_SECONDS = flags.DEFINE_list(
+    "bucket_seconds", ["2", "4", "8", "16", "32"], "Audio length buckets (longer: not labeled)."
+)
+_MAX_OUTPUT_LENGTH = flags.DEFINE_integer(
+    "max_output_length", None, "Longest transcript in tokens; default the run's decoding."
+)
+_LM_CHECKPOINT = flags.DEFINE_string(
+    "lm_checkpoint", None, "A `bigssl train-lm` run to shallow-fuse into the beam search."
+)
+_LM_WEIGHT = flags.DEFINE_float("lm_weight", None, "Shallow-fusion weight of --lm_checkpoint.")
+_MIN_CONFIDENCE = flags.DEFINE_float(
+    "min_confidence", None, "Drop labels with exp(log p / (tokens + 1)) below this."
+)
+_KEEP_TOP_FRACTION = flags.DEFINE_float(
+    "keep_top_fraction", 1.0, "Keep this fraction of the labels with the best rank scores."
+)
+_NORMALIZATION = flags.DEFINE_enum(
+    "normalization", "token", ["token", "regression", "none"], "Length normalisation of ranks."
+)
+
+
+def _fusion_lm(checkpoint: str, teacher_model, decoding):
+    """The Transformer LM of a `bigssl train-lm` run, as a fusion LM for `decoding`."""
+    import gin
+
+    from bigssl_jax import inference
+
+    gin.clear_config()  # the teacher is built; the LM run's own config rebuilds the LM
+    loaded = inference.load_model(checkpoint)
+    if not hasattr(loaded.model, "fusion_lm"):
+        raise ValueError(f"--lm_checkpoint {checkpoint} is not a `bigssl train-lm` run")
+    config = loaded.model.config
+    if config.vocab_size != teacher_model.vocab_size:
+        raise ValueError(
+            f"--lm_checkpoint {checkpoint} has {config.vocab_size} tokens, the teacher "
+            f"{teacher_model.vocab_size}: they must share the vocabulary"
+        )
+    max_length = min(decoding.max_output_length + 1, config.max_length)
+    return loaded.model.fusion_lm(loaded.variables, max_length=max_length)
+
+
+def _teacher(checkpoint: str):
+    """(the teacher with the decoding flags and fusion LM applied, the LM's identity)."""
+    from bigssl_jax import checkpointing, pseudo_label
+
+    teacher = pseudo_label.load_teacher(checkpoint)
+    overrides = {
+        "beam_size": common_flags.BEAM_SIZE.value,
+        "max_output_length": _MAX_OUTPUT_LENGTH.value,
+        "lm_weight": _LM_WEIGHT.value,
+    }
+    decoding = dataclasses.replace(
+        teacher.model.decoding, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    lm, lm_name = None, ""
+    if _LM_CHECKPOINT.value:
+        lm = _fusion_lm(_LM_CHECKPOINT.value, teacher.model, decoding)
+        lm_name = str(checkpointing.resolve_init_checkpoint(_LM_CHECKPOINT.value))
+    if not teacher.model.vocabulary:
+        raise ValueError(f"the teacher at {checkpoint} has no vocabulary (vocabulary.model)")
+    model = dataclasses.replace(teacher.model, decoding=decoding, lm=lm)
+    return dataclasses.replace(teacher, model=model), lm_name
+
+
+def _run(data_dir) -> int:
+    import jax
+
+    from bigssl_jax import paths, pseudo_label
+    from bigssl_jax.data import registry as registry_lib
+    from bigssl_jax.data import schema
+    from bigssl_tasks import corpus_tasks
+
+    corpus, split = _CORPUS.value, _SPLIT.value
+    try:
+        info = registry_lib.CorpusRegistry(paths.registry_path(data_dir)).split(corpus, split)
+        corpus_tasks.register_corpus_tasks(corpus, data_dir=data_dir)
+        task = corpus_tasks.task_name(corpus, split, "unlabeled")
+        teacher, lm_name = _teacher(common_flags.CHECKPOINT.value)
+        filtering = pseudo_label.FilterConfig(
+            min_confidence=_MIN_CONFIDENCE.value,
+            keep_top_fraction=_KEEP_TOP_FRACTION.value,
+            normalization=_NORMALIZATION.value,
+        )
+        config = pseudo_label.LabelConfig(
+            task=task,
+            output_dir=_OUTPUT_DIR.value,
+            num_units=pseudo_label.num_units(task),
+            teacher=teacher.name,
+            decoding=teacher.model.decoding,
+            lm=lm_name,
+            batch_size=_BATCH_SIZE.value,
+            bucket_seconds=tuple(float(s) for s in _BUCKET_SECONDS.value),
+        )
+        units = pseudo_label.process_units(config.num_units)
+        markers = pseudo_label.label_units(teacher, config, units)
+    except (registry_lib.CorpusNotFoundError, KeyError, ValueError, FileNotFoundError) as error:
+        print(f"pseudo-label: {error} (data dir {data_dir})", file=sys.stderr)
+        return 1
+    labeled = sum(len(m["utterances"]) for m in markers)
+    print(f"pseudo-label: process {jax.process_index()}: {len(markers)} files, {labeled} labels")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("bigssl pseudo-label: all units labeled")
+    if jax.process_index() != 0:
+        return 0
+    has_oracle = schema.ORACLE_TEXT_FIELD in info.extra_fields
+    report = pseudo_label.finalize(
+        config.output_dir,
+        name=_NAME.value or f"{corpus}_{split}_pseudo",
+        vocabulary=teacher.model.vocabulary,
+        filtering=filtering,
+        oracle=pseudo_label.read_oracle_texts(info.files) if has_oracle else None,
+        num_input_examples=info.num_examples,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def main(argv) -> int:
+    """Labels this process's files, then (process 0) filters and writes the manifest."""
+    del argv
+    missing = [
+        f"--{f.name}" for f in (common_flags.CHECKPOINT, _CORPUS, _OUTPUT_DIR) if not f.value
+    ]
+    if missing:
+        print(f"pseudo-label: {', '.join(missing)} required", file=sys.stderr)
+        return 2
+    logging.set_verbosity(logging.WARNING)
+    return _run(common_flags.data_dir())
