@@ -1,5 +1,6 @@
 """`bigssl pseudo-label` end to end (teacher + fusion LM checkpoints): `kill -9` mid-run, then
-a 2-process re-run finishes the job with every utterance labeled exactly once."""
+a 2-process re-run finishes the job with every utterance labeled exactly once, and with the
+labels of one uninterrupted single-process run."""
 
 import collections
 import json
@@ -23,10 +24,17 @@ FIELDS = ("input_dim", "model_dim", "num_layers", "num_heads", "conv_kernel_size
 
 
 def _read_ids(files) -> list[str]:
-    return [
-        tf.train.Example.FromString(r).features.feature["id"].bytes_list.value[0].decode()
-        for r in tf.data.TFRecordDataset(files).as_numpy_iterator()
-    ]
+    return list(_read_labels(files))
+
+
+def _read_labels(files) -> dict[str, str]:
+    """{utterance id: pseudo-label text} of the records in `files`."""
+    labels = {}
+    for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
+        feature = tf.train.Example.FromString(record).features.feature
+        utterance = feature["id"].bytes_list.value[0].decode()
+        labels[utterance] = feature["text"].bytes_list.value[0].decode()
+    return labels
 
 
 def write_teacher_run(run_dir, vocabulary: str) -> None:
@@ -165,3 +173,24 @@ def test_kill_9_mid_run_then_rerun_labels_every_utterance_exactly_once(tmp_path)
         None, split="all", shuffle=False, try_in_mem_cache=False
     )
     assert len(list(dataset.as_numpy_iterator())) == 12
+
+    # The killed + 2-process job labels exactly as one uninterrupted single-process run.
+    single = subprocess.run(
+        _command(
+            data_dir,
+            tmp_path / "teacher",
+            tmp_path / "pl_single",
+            "--keep_top_fraction=0.5",
+            f"--lm_checkpoint={tmp_path / 'lm'}",
+            "--lm_weight=0.3",
+        ),  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    single_labels = _read_labels(
+        sorted(str(p) for p in (tmp_path / "pl_single").glob("shards/*.tfrecord"))
+    )
+    assert single_labels == _read_labels(sorted(str(p) for p in markers.glob("*.tfrecord")))
