@@ -39,7 +39,6 @@ WER of all, kept and dropped labels (analysis only: no task ever reads that fiel
 """
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -268,7 +267,7 @@ class Decoder:
         model = dataclasses.replace(teacher.model, decoding=decoding)
         self.vocabulary = asr.load_vocabulary(model.vocabulary)
         self.variables = jax.device_put(dict(teacher.variables), NamedSharding(mesh, P()))
-        self._decode = jax.jit(model.decode) if model.lm is not None else _jitted_decode(model)
+        self._decode = asr.jitted_decode(model)
 
     def __call__(self, audio: np.ndarray, paddings: np.ndarray) -> tuple[np.ndarray, ...]:
         """audio, paddings f32[B, S] -> numpy (tokens [B, L], token_paddings [B, L], scores [B])."""
@@ -280,12 +279,6 @@ class Decoder:
         audio, paddings = jax.device_put((audio, paddings), self._rows)
         outputs = self._decode(self.variables, audio, paddings)
         return tuple(np.asarray(x)[:rows] for x in outputs)
-
-
-@functools.lru_cache(maxsize=4)
-def _jitted_decode(model: Any):
-    """`model.decode` of an LM-free model, jitted once per (hashable) model config."""
-    return jax.jit(model.decode)
 
 
 def confidence(score: float, num_tokens: int) -> float:

@@ -17,12 +17,12 @@ import dataclasses
 import functools
 import json
 import os
-import pathlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
+from bigssl_jax import paths
 from bigssl_jax.evaluation import wer
 from bigssl_jax.models import base
 
@@ -55,6 +55,23 @@ class DecodingConfig:
             raise ValueError(f"DecodingConfig.beam_size must be >= 1, got {self.beam_size}")
 
 
+def jitted_decode(model: Any) -> Decode:
+    """`model.decode`, jitted: once per model for LM-free models (frozen, hashable configs),
+    afresh for a model with a fusion LM (an LM's arrays are not hashable)."""
+    import jax
+
+    if getattr(model, "lm", None) is not None:
+        return jax.jit(model.decode)
+    return _cached_jitted_decode(model)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_jitted_decode(model: Any) -> Decode:
+    import jax
+
+    return jax.jit(model.decode)
+
+
 def with_beam_size(model: Any, beam_size: int | None) -> Any:
     """`model` decoding with `beam_size` hypotheses (unchanged for None or a model that
     does not decode)."""
@@ -72,7 +89,7 @@ def load_vocabulary(path: str):
 
     if not path:
         raise ValueError("the model has no vocabulary path (set the model's `vocabulary`)")
-    if not pathlib.Path(path).exists():
+    if not paths.as_path(path).exists():
         raise FileNotFoundError(f"vocabulary {path} does not exist")
     return vocab.get_vocabulary(path)
 
@@ -130,7 +147,7 @@ class TranscriptionReport:
     def write(self, directory: os.PathLike) -> None:
         """Writes `wer.json` (corpus figures), `transcripts.tsv` (id, reference, hypothesis,
         errors per utterance) and `worst.json` (the utterances with most word errors)."""
-        directory = pathlib.Path(directory)
+        directory = paths.as_path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "wer.json").write_text(self.result.to_json() + "\n")
         wer.write_utterances(self.result.utterances, directory / "transcripts.tsv")

@@ -14,7 +14,6 @@ prefix beam search, optionally shallow-fused with `lm` (`decoding.lm_interface`)
 """
 
 import dataclasses
-import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -147,11 +146,4 @@ class CtcTrainModel:
         self, variables: Mapping[str, Any], batches: Iterable[base.Batch]
     ) -> asr.TranscriptionReport:
         """Decodes `batches` and scores them against their references (WER, CER)."""
-        decode = jax.jit(self.decode) if self.lm is not None else _jitted_decode(self)
-        return asr.score_batches(decode, variables, batches, self.vocabulary)
-
-
-@functools.lru_cache(maxsize=4)
-def _jitted_decode(model: CtcTrainModel) -> asr.Decode:
-    """`model.decode` of an LM-free model, jitted once per model (a frozen, hashable config)."""
-    return jax.jit(model.decode)
+        return asr.score_batches(asr.jitted_decode(self), variables, batches, self.vocabulary)
