@@ -1,12 +1,14 @@
-"""Ahead-of-time compilation of the pre-training step for a TPU topology, without a TPU.
+"""Ahead-of-time compilation of a train step for a TPU topology, without a TPU.
 
 With `libtpu` installed (`pip install -e ".[tpu-aot]"`), XLA's TPU compiler runs on any host:
 `jax.experimental.topologies.get_topology_desc` gives compile-only device objects for a named
-slice, a mesh is built on them as on real chips, and the full train step (forward, backward,
-optimizer update; parameters and optimizer state sharded by the logical-axis rules, the batch
-sharded, the state donated) is lowered from `jax.ShapeDtypeStruct`s and compiled. Nothing is
-allocated. The compiled program reports per-device memory (`memory_analysis()`) and XLA's cost
-model (`cost_analysis()`), so an out-of-memory configuration is caught before a job queues.
+slice, a mesh is built on them as on real chips, and the full train step of any audio
+`TrainModel` (BEST-RQ, wav2vec 2.0, w2v-BERT, CTC, RNN-T...: `trainer.make_train_step`,
+forward, backward, optimizer update; parameters and optimizer state sharded by the
+logical-axis rules, the batch sharded, the state donated) is lowered from
+`jax.ShapeDtypeStruct`s and compiled. Nothing is allocated. The compiled program reports
+per-device memory (`memory_analysis()`) and XLA's cost model (`cost_analysis()`), so an
+out-of-memory configuration is caught before a job queues.
 
 Topology names (`parse_topology`):
 
@@ -52,8 +54,8 @@ from jax.sharding import PartitionSpec as P
 from bigssl_jax import flops as flops_lib
 from bigssl_jax import optimizers, partitioning, trainer
 from bigssl_jax.layers import frontend
+from bigssl_jax.models import base, ctc_model, pretrain_step
 from bigssl_jax.models import encoder as encoder_lib
-from bigssl_jax.models import pretrain_step
 
 GIB = 2**30
 SAMPLE_RATE = 16000
@@ -229,12 +231,14 @@ class CompileConfig:
       num_slices: identical slices (multi-slice over DCN).
       per_chip_batch_size: utterances per chip; the global batch is this times the chips.
       audio_seconds: length of every utterance (the pre-training crop).
+      target_length: target tokens per utterance for labeled (fine-tuning) models.
     """
 
     topology: str = "v4-8"
     num_slices: int = 1
     per_chip_batch_size: int = 8
     audio_seconds: float = 16.0
+    target_length: int = 128
 
 
 def _with_shardings(tree: Any, shardings: Any) -> Any:
@@ -243,45 +247,81 @@ def _with_shardings(tree: Any, shardings: Any) -> Any:
     )
 
 
-def abstract_inputs(
-    model: pretrain_step.BestRqTrainModel,
-    optimizer: optax.GradientTransformation,
-    mesh: jax.sharding.Mesh,
-    batch_size: int,
-    num_samples: int,
-    rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
-) -> tuple[Any, Any, Any, Any]:
-    """Sharded `ShapeDtypeStruct`s of the train step's arguments (nothing is allocated).
+def abstract_batch(
+    mesh: jax.sharding.Mesh, batch_size: int, num_samples: int, target_length: int = 0
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """The train batch (`feature_converters` layout) as `ShapeDtypeStruct`s sharded on B.
+
+    Args:
+      mesh: the device mesh.
+      batch_size: B, the global batch.
+      num_samples: S, samples per utterance.
+      target_length: L, target tokens per utterance; 0 for unlabeled audio (no targets).
 
     Returns:
-      (state, state_shardings, batch, rng): the abstract unboxed `TrainState` and its
-      shardings, the batch {'audio', 'audio_paddings'} f32[B, S] sharded on B, a replicated key.
+      {'audio', 'audio_paddings': f32[B, S], 'weights': f32[B]} and, when labeled,
+      {'targets': i32[B, L], 'target_paddings': f32[B, L], 'confidence': f32[B]}.
     """
-    init_batch = {"audio": jax.ShapeDtypeStruct((1, SAMPLE_RATE), jnp.float32)}
+    sharding = partitioning.batch_sharding(mesh)
+    shapes = {
+        "audio": ((batch_size, num_samples), jnp.float32),
+        "audio_paddings": ((batch_size, num_samples), jnp.float32),
+        "weights": ((batch_size,), jnp.float32),
+    }
+    if target_length:
+        shapes["targets"] = ((batch_size, target_length), jnp.int32)
+        shapes["target_paddings"] = ((batch_size, target_length), jnp.float32)
+        shapes["confidence"] = ((batch_size,), jnp.float32)
+    return {
+        name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+        for name, (shape, dtype) in shapes.items()
+    }
+
+
+def abstract_inputs(
+    model: base.TrainModel,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    batch: dict[str, jax.ShapeDtypeStruct],
+    rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
+) -> tuple[Any, Any, Any]:
+    """Sharded `ShapeDtypeStruct`s of the train state and rng (nothing is allocated).
+
+    Args:
+      model: any audio `TrainModel`.
+      optimizer: the optax transform (its state is part of the train state).
+      mesh: the device mesh.
+      batch: the abstract batch (`abstract_batch`); only its shapes reach `init_variables`.
+      rules: logical axis name -> mesh axes.
+
+    Returns:
+      (state, state_shardings, rng): the abstract unboxed `TrainState` and its shardings,
+      and a replicated key.
+    """
+    init_batch = {name: jax.ShapeDtypeStruct(x.shape, x.dtype) for name, x in batch.items()}
     key = jax.eval_shape(lambda: jax.random.key(0))
     boxed = jax.eval_shape(lambda rng: trainer.init_state(model, optimizer, rng, init_batch), key)
     shardings = partitioning.state_shardings(boxed, mesh, rules)
     state = _with_shardings(nn.unbox(boxed), shardings)
-    batch_sharding = partitioning.batch_sharding(mesh)
-    audio = jax.ShapeDtypeStruct((batch_size, num_samples), jnp.float32, sharding=batch_sharding)
-    batch = {"audio": audio, "audio_paddings": audio}
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, P()))
-    return state, shardings, batch, rng
+    return state, shardings, rng
 
 
 def compile_train_step(
-    model: pretrain_step.BestRqTrainModel,
+    model: base.TrainModel,
     state: Any,
     state_shardings: Any,
     batch: Any,
     rng: Any,
     mesh: jax.sharding.Mesh,
     rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
+    *,
+    microbatches: int = 1,
 ) -> jax.stages.Compiled:
-    """Lowers and compiles the pre-training step as the trainer jits it (state donated)."""
+    """Lowers and compiles the train step as `bigssl train` jits it (state donated)."""
     replicated = NamedSharding(mesh, P())
     step = jax.jit(
-        trainer.make_train_step(model),
+        trainer.make_train_step(model, microbatches=microbatches),
         in_shardings=(state_shardings, partitioning.batch_sharding(mesh), replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
@@ -399,23 +439,52 @@ def _per_chip_bytes(tree: Any) -> int:
     )
 
 
+def analytic_flops(model: base.TrainModel, num_frames: int, batch_size: int) -> dict[str, Any]:
+    """Model FLOPs of one train step (`bigssl_jax.flops`) and what they cover.
+
+    BEST-RQ counts encoder, head and quantiser; CTC the encoder and its vocabulary projection;
+    any other model (wav2vec 2.0, w2v-BERT, RNN-T, classifiers) the encoder alone, whose
+    blocks are nearly all of the work at these sizes.
+    """
+    if isinstance(model, pretrain_step.BestRqTrainModel):
+        counts = flops_lib.best_rq_train_step_flops(
+            model.encoder, model.objective, num_frames, batch_size
+        )
+        return {**counts, "covers": "encoder + head + quantizer"}
+    if isinstance(model, ctc_model.CtcTrainModel):
+        counts = flops_lib.train_step_flops(
+            model.encoder, num_frames, batch_size, head_outputs=model.vocab_size
+        )
+        return {**counts, "covers": "encoder + head"}
+    return {
+        **flops_lib.train_step_flops(model.encoder, num_frames, batch_size),
+        "covers": "encoder",
+    }
+
+
 def _describe(
     topology: TpuTopology,
     mesh: jax.sharding.Mesh,
-    model: pretrain_step.BestRqTrainModel,
+    model: base.TrainModel,
     optimizer_name: str,
     state: Any,
-    batch_size: int,
-    num_samples: int,
+    batch: dict[str, jax.ShapeDtypeStruct],
 ) -> dict[str, Any]:
     """The compile-independent part of the report: what is compiled, and its model FLOPs."""
-    num_frames = frontend.num_frames(num_samples, model.log_mel)
-    analytic = flops_lib.best_rq_train_step_flops(
-        model.encoder, model.objective, num_frames, batch_size
-    )
+    batch_size, num_samples = batch["audio"].shape
+    num_frames = frontend.num_frames(num_samples, _log_mel(model))
+    analytic = analytic_flops(model, num_frames, batch_size)
     analytic["per_chip"] = analytic["train_step"] / topology.num_chips
     peak = TPU_FAMILIES[topology.family].peak_bf16_flops
     analytic["step_seconds_at_peak"] = analytic["per_chip"] / peak
+    described_batch = {
+        "global": batch_size,
+        "per_chip": batch_size / topology.num_chips,
+        "audio_seconds": num_samples / SAMPLE_RATE,
+        "feature_frames": num_frames,
+    }
+    if "targets" in batch:
+        described_batch["target_length"] = batch["targets"].shape[1]
     return {
         "topology": {
             "name": topology.name,
@@ -426,41 +495,55 @@ def _describe(
         },
         "mesh": dict(mesh.shape),
         "model": {
+            "name": type(model).__name__,
             "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
             "dtype": model.encoder.dtype,
             "remat_policy": model.encoder.remat_policy,
             "optimizer": optimizer_name,
         },
-        "batch": {
-            "global": batch_size,
-            "per_chip": batch_size / topology.num_chips,
-            "audio_seconds": num_samples / SAMPLE_RATE,
-            "feature_frames": num_frames,
-        },
+        "batch": described_batch,
         "analytic": analytic,
     }
 
 
-def compile_report(
+def _log_mel(model: base.TrainModel) -> frontend.LogMelConfig:
+    return getattr(model, "log_mel", None) or frontend.LogMelConfig()
+
+
+def best_rq_model(
     encoder_config: encoder_lib.EncoderConfig,
+    objective: pretrain_step.BestRqConfig | None = None,
+    log_mel: frontend.LogMelConfig | None = None,
+) -> pretrain_step.BestRqTrainModel:
+    """The BEST-RQ model `bigssl compile` builds when the gin binds no experiment model."""
+    return pretrain_step.BestRqTrainModel(
+        encoder=encoder_config,
+        objective=objective or pretrain_step.BestRqConfig(),
+        log_mel=log_mel or frontend.LogMelConfig(),
+    )
+
+
+def compile_report(
+    model: base.TrainModel,
     mesh_config: partitioning.MeshConfig,
     config: CompileConfig,
     *,
-    objective: pretrain_step.BestRqConfig | None = None,
-    log_mel: frontend.LogMelConfig | None = None,
+    labeled: bool = False,
     optimizer: optimizers.OptimizerConfig | None = None,
+    microbatches: int = 1,
     global_batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """Compiles the BEST-RQ pre-training step for `config.topology`; returns a JSON-able report.
+    """Compiles `model`'s train step for `config.topology`; returns a JSON-able report.
 
     Args:
-      encoder_config: the encoder (model gin).
+      model: any audio `TrainModel` with an `encoder` (BEST-RQ, wav2vec 2.0, w2v-BERT, CTC,
+        RNN-T, classifiers), e.g. gin's `ExperimentConfig.model`.
       mesh_config: the mesh (mesh gin).
       config: topology and batch.
-      objective: BEST-RQ settings (the head is G x V wide); default `BestRqConfig()`.
-      log_mel: front end settings (set the frame count); default `LogMelConfig()`.
+      labeled: the batch carries targets of `config.target_length` tokens (fine-tuning).
       optimizer: default `OptimizerConfig()`, the XL recipe's Adam (two float32 moments per
         parameter, the most state any of the recipe's optimizers keeps).
+      microbatches: gradient accumulation steps, as `TrainerConfig.microbatches`.
       global_batch_size: overrides `config.per_chip_batch_size` x chips.
 
     Returns:
@@ -470,30 +553,32 @@ def compile_report(
       per-chip state buffers under 'largest_state_buffers'.
 
     Raises:
-      RuntimeError: without libtpu. ValueError: for a bad topology, mesh or batch size.
+      RuntimeError: without libtpu. ValueError: for a model without an audio encoder, a bad
+      topology, mesh or batch size.
     """
-    objective = objective or pretrain_step.BestRqConfig()
-    log_mel = log_mel or frontend.LogMelConfig()
+    if not isinstance(getattr(model, "encoder", None), encoder_lib.EncoderConfig):
+        raise ValueError(f"{type(model).__name__} has no audio encoder to compile")
     optimizer = optimizer or optimizers.OptimizerConfig()
     topology = parse_topology(config.topology, config.num_slices)
     mesh = partitioning.make_mesh(mesh_config, topology_devices(topology))
     batch_size = global_batch_size or config.per_chip_batch_size * topology.num_chips
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"] * microbatches
     if batch_size % batch_shards:
         raise ValueError(
-            f"global batch {batch_size} does not divide over data x fsdp = {batch_shards}"
+            f"global batch {batch_size} does not divide over data x fsdp x microbatches = "
+            f"{batch_shards}"
         )
     num_samples = round(config.audio_seconds * SAMPLE_RATE)
-    model = pretrain_step.BestRqTrainModel(
-        encoder=encoder_config, objective=objective, log_mel=log_mel
+    batch = abstract_batch(mesh, batch_size, num_samples, config.target_length if labeled else 0)
+    state, shardings, rng = abstract_inputs(
+        model, optimizers.make_optimizer(optimizer), mesh, batch
     )
-    state, shardings, batch, rng = abstract_inputs(
-        model, optimizers.make_optimizer(optimizer), mesh, batch_size, num_samples
-    )
-    report = _describe(topology, mesh, model, optimizer.name, state, batch_size, num_samples)
+    report = _describe(topology, mesh, model, optimizer.name, state, batch)
     start = time.perf_counter()
     try:
-        compiled = compile_train_step(model, state, shardings, batch, rng, mesh)
+        compiled = compile_train_step(
+            model, state, shardings, batch, rng, mesh, microbatches=microbatches
+        )
     except jax.errors.JaxRuntimeError as error:
         report["memory_per_chip"] = compile_error_report(error)
     else:

@@ -32,6 +32,13 @@ Restoring onto another mesh: `restore` takes an abstract state whose leaves are
 `jax.ShapeDtypeStruct`s carrying the *new* shardings (`abstract_state`), and Orbax reads each
 device's slice from the saved arrays whatever mesh wrote them.
 
+Paths: the model dir may be a URI (`gs://bucket/runs/x`); every directory here is an
+`etils.epath.Path` (`paths.as_path`), which Orbax takes as it is (for `gs://` it asks the
+Cloud Storage API about the bucket's layout: `google-cloud-storage` must be installed on the
+hosts; array data goes through TensorStore's own GCS driver). Every process of a
+multi-process job constructs the `Checkpointer` and calls `save` / `restore` with the same
+step: Orbax writes each process's shards and lets process 0 write the metadata and finalise.
+
 Preemption: `PreemptionHandler` turns SIGTERM / SIGINT into a flag that the loop polls each
 step; together with `CheckpointManager.reached_preemption` (multi-host preemption notices) the
 loop then saves the current step, waits for the write, and stops. In a multi-process job only
@@ -40,7 +47,6 @@ preemption service there (`jax.distributed.initialize`) for TPU maintenance even
 """
 
 import os
-import pathlib
 import signal
 from collections.abc import Mapping
 from typing import Any
@@ -48,15 +54,18 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
+
+from bigssl_jax import paths
 
 CHECKPOINTS = "checkpoints"
 STATE, META = "state", "meta"
 
 
-def checkpoint_dir(model_dir: os.PathLike) -> pathlib.Path:
-    """`<model_dir>/checkpoints`."""
-    return pathlib.Path(model_dir) / CHECKPOINTS
+def checkpoint_dir(model_dir: os.PathLike | str) -> epath.Path:
+    """`<model_dir>/checkpoints`, absolute (a `gs://` model dir stays a URI)."""
+    return paths.as_path(model_dir) / CHECKPOINTS
 
 
 def abstract_state(abstract: Any, shardings: Any) -> Any:
@@ -94,7 +103,7 @@ class Checkpointer:
 
     def __init__(
         self,
-        model_dir: os.PathLike,
+        model_dir: os.PathLike | str,
         *,
         keep_last: int = 3,
         keep_best: int = 0,
@@ -111,7 +120,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             create=True,
         )
-        self.directory = checkpoint_dir(model_dir).absolute()
+        self.directory = checkpoint_dir(model_dir)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(STATE, META)
         )
@@ -189,13 +198,13 @@ class Checkpointer:
         self.manager.close()
 
 
-def resolve_init_checkpoint(path: os.PathLike) -> pathlib.Path:
+def resolve_init_checkpoint(path: os.PathLike | str) -> epath.Path:
     """A checkpoint step directory from a step dir, a checkpoints dir or a model dir.
 
     Raises:
       FileNotFoundError: nothing finalised is found there.
     """
-    path = pathlib.Path(path).absolute()
+    path = paths.as_path(path)
     if (path / STATE).is_dir():
         return path
     for directory in (path / CHECKPOINTS, path):
@@ -206,7 +215,7 @@ def resolve_init_checkpoint(path: os.PathLike) -> pathlib.Path:
     raise FileNotFoundError(f"no finalised checkpoint at {path}")
 
 
-def restore_from(path: os.PathLike, abstract: Any, *, params_only: bool = False) -> Any:
+def restore_from(path: os.PathLike | str, abstract: Any, *, params_only: bool = False) -> Any:
     """Reads another run's checkpoint (see `resolve_init_checkpoint`) into `abstract`.
 
     Args:

@@ -2,7 +2,8 @@
 
 Library code never reads gin. Entry points (`bigssl <command>`) call `parse` once,
 after `bigssl_jax.configurables` has registered every configurable, and
-`write_config` / `write_operative_config` to leave the config beside the run.
+`write_config` / `write_operative_config` to leave the config beside the run (the run
+directory may be a `gs://` URI; in a multi-process job process 0 writes).
 
 Gin files are looked up as given, then relative to the repository's `gin/` folder
 (so `--gin_file=models/L.gin` works from any directory), then under each folder of
@@ -18,6 +19,7 @@ import tokenize
 from collections.abc import Sequence
 
 import gin
+from etils import epath
 
 from bigssl_jax import paths
 
@@ -32,8 +34,27 @@ def search_path() -> list[pathlib.Path]:
     return [pathlib.Path.cwd(), paths.GIN_DIR, *extra]
 
 
-def resolve_gin_file(name: str) -> pathlib.Path:
-    """Finds a gin file by name; raises GinConfigError naming the folders searched."""
+def _open_uri(path: str):
+    return epath.Path(path).open()
+
+
+def _is_uri_file(path: str) -> bool:
+    return "://" in path and epath.Path(path).is_file()
+
+
+# gin opens files with `open`; a run's config.gin may be at a URI (`gs://bucket/run/...`).
+gin.config.register_file_reader(_open_uri, _is_uri_file)
+
+
+def resolve_gin_file(name: str) -> pathlib.Path | epath.Path:
+    """Finds a gin file by name; raises GinConfigError naming the folders searched.
+
+    A URI (`gs://bucket/run/config.gin`) is taken as it is.
+    """
+    if "://" in name:
+        if _is_uri_file(name):
+            return epath.Path(name)
+        raise GinConfigError(f"gin file not found: {name}")
     path = pathlib.Path(name)
     if path.is_absolute():
         if path.is_file():
@@ -116,23 +137,29 @@ def parse(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> No
             ) from error
 
 
-def write_config(model_dir: os.PathLike, name: str = "config.gin") -> pathlib.Path:
+def write_config(model_dir: os.PathLike | str, name: str = "config.gin") -> epath.Path:
     """Writes every parsed binding (what the user asked for) to `model_dir/name`."""
     return _write(model_dir, name, gin.config_str())
 
 
 def write_operative_config(
-    model_dir: os.PathLike, name: str = "operative_config.gin"
-) -> pathlib.Path:
+    model_dir: os.PathLike | str, name: str = "operative_config.gin"
+) -> epath.Path:
     """Writes the bindings that were actually used (gin's operative config)."""
     return _write(model_dir, name, gin.operative_config_str())
 
 
-def _write(model_dir: os.PathLike, name: str, text: str) -> pathlib.Path:
-    model_dir = pathlib.Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    path = model_dir / name
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _write(model_dir: os.PathLike | str, name: str, text: str) -> epath.Path:
+    """Writes `text` to `model_dir/name` (a local path or a URI) through a temporary file.
+
+    In a multi-process job only process 0 writes; every process returns the path.
+    """
+    import jax  # noqa: PLC0415  (only writers need it)
+
+    path = paths.as_path(model_dir) / name
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
     return path

@@ -14,12 +14,12 @@ are placed on one device.
 
 import dataclasses
 import os
-import pathlib
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from etils import epath
 
 from bigssl_jax import checkpointing
 
@@ -42,11 +42,11 @@ class LoadedModel:
 
     model: Any
     variables: dict[str, Any]
-    run_dir: pathlib.Path
+    run_dir: epath.Path
     step: int
 
 
-def run_dir_of(step_dir: pathlib.Path) -> pathlib.Path:
+def run_dir_of(step_dir: epath.Path) -> epath.Path:
     """`RUN` of `RUN/checkpoints/<step>`."""
     return step_dir.parent.parent
 
@@ -63,7 +63,7 @@ def example_batch(batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
     }
 
 
-def with_run_vocabulary(model: Any, run_dir: pathlib.Path) -> Any:
+def with_run_vocabulary(model: Any, run_dir: epath.Path) -> Any:
     """`model` with `vocabulary` = the run's copy, when the model reads text and has none."""
     vocabulary = run_dir / VOCABULARY_FILE
     if hasattr(model, "vocabulary") and not model.vocabulary and vocabulary.exists():
@@ -71,7 +71,7 @@ def with_run_vocabulary(model: Any, run_dir: pathlib.Path) -> Any:
     return model
 
 
-def _parse_run_config(run_dir: pathlib.Path) -> None:
+def _parse_run_config(run_dir: epath.Path) -> None:
     import gin
 
     from bigssl_jax import (
@@ -87,7 +87,7 @@ def _parse_run_config(run_dir: pathlib.Path) -> None:
     gin_utils.parse([str(config)])
 
 
-def restore_params(model: Any, step_dir: pathlib.Path) -> dict[str, Any]:
+def restore_params(model: Any, step_dir: epath.Path) -> dict[str, Any]:
     """The params of `model` saved at `step_dir`, on one device."""
     boxed = jax.eval_shape(model.init_variables, jax.random.key(0), example_batch())
     abstract = nn.unbox(boxed)["params"]
@@ -97,11 +97,12 @@ def restore_params(model: Any, step_dir: pathlib.Path) -> dict[str, Any]:
     return checkpointing.restore_from(step_dir, targets, params_only=True)
 
 
-def load_model(checkpoint: os.PathLike) -> LoadedModel:
+def load_model(checkpoint: os.PathLike | str) -> LoadedModel:
     """Restores the model of a run (see the module docstring).
 
     Args:
-      checkpoint: a run directory, its `checkpoints/` directory or one step directory.
+      checkpoint: a run directory, its `checkpoints/` directory or one step directory
+        (local or a URI such as `gs://bucket/runs/ctc`).
 
     Returns:
       The loaded model.

@@ -1,15 +1,18 @@
 """Ahead-of-time compilation for TPU topologies (needs libtpu: the `tpu-aot` extra).
 
-Fast checks only: topology names and HBM table, the compile-only devices, one compile of a
-smoke-sized pre-training step on a 4-chip v5e, and a configuration too large for its chips
+Fast checks only: topology names and HBM table, the compile-only devices, compiles of
+smoke-sized train steps on a 4-chip v5e (BEST-RQ, and the wav2vec 2.0 and CTC experiments as
+`bigssl compile` builds them from their gin), and a configuration too large for its chips
 that must come back as a 'does not fit' report, not an exception.
 """
 
+import gin
 import pytest
 
-from bigssl_jax import aot, partitioning
+from bigssl_jax import aot, gin_utils, partitioning
+from bigssl_jax.commands import compile as compile_command
+from bigssl_jax.models import ctc_model, pretrain_step, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
-from bigssl_jax.models import pretrain_step
 
 GIB = 2**30
 
@@ -59,10 +62,9 @@ def test_devices_are_chips():
 
 def test_compile_smoke_fits():
     report = aot.compile_report(
-        SMOKE,
+        aot.best_rq_model(SMOKE, SMALL_OBJECTIVE),
         partitioning.MeshConfig(data=1, fsdp=-1),
         aot.CompileConfig(topology="v5e-4", per_chip_batch_size=2, audio_seconds=1.0),
-        objective=SMALL_OBJECTIVE,
     )
     memory = report["memory_per_chip"]
     assert memory["fits"] is True
@@ -77,14 +79,70 @@ def test_compile_smoke_fits():
     assert report["model"]["params"] > 64 * 256
 
 
+@pytest.fixture
+def experiment_gin():
+    """Parses an experiment gin as the CLI does; yields `compile`'s (model, labeled)."""
+
+    def parse(name):
+        gin_utils.parse([name])
+        return compile_command._model()
+
+    gin.clear_config()
+    yield parse
+    gin.clear_config()
+
+
+@pytest.mark.parametrize(
+    ("gin_file", "model_type", "labeled", "covers"),
+    [
+        ("experiments/pretrain_wav2vec2_smoke.gin", wav2vec2.Wav2Vec2TrainModel, False, "encoder"),
+        ("experiments/finetune_ctc_smoke.gin", ctc_model.CtcTrainModel, True, "encoder + head"),
+    ],
+)
+def test_compile_experiment_model(experiment_gin, gin_file, model_type, labeled, covers):
+    """`ExperimentConfig.model` of a smoke experiment compiles with the gin's mesh (data)."""
+    model, is_labeled = experiment_gin(gin_file)
+    assert isinstance(model, model_type) and is_labeled == labeled
+    report = aot.compile_report(
+        model,
+        partitioning.MeshConfig(data=-1),
+        aot.CompileConfig(topology="v5e-4", per_chip_batch_size=1, audio_seconds=1.0),
+        labeled=labeled,
+        microbatches=2 if labeled else 1,
+        global_batch_size=8,
+    )
+    assert report["memory_per_chip"]["fits"] is True, report["memory_per_chip"]
+    assert report["model"]["name"] == model_type.__name__
+    assert report["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+    assert report["batch"]["global"] == 8
+    assert report["batch"].get("target_length") == (128 if labeled else None)
+    assert report["analytic"]["covers"] == covers and report["analytic"]["train_step"] > 0
+    assert report["xla"]["flops_per_chip"] > 0
+
+
+def test_without_experiment_model_compiles_best_rq(experiment_gin):
+    model, labeled = experiment_gin("models/smoke.gin")
+    assert isinstance(model, pretrain_step.BestRqTrainModel) and not labeled
+    assert model.encoder == SMOKE
+
+
+def test_bad_models_and_batches_are_value_errors():
+    small = aot.CompileConfig(topology="v5e-4", per_chip_batch_size=1)
+    with pytest.raises(ValueError, match="no audio encoder"):
+        aot.compile_report(object(), partitioning.MeshConfig(data=-1), small)
+    with pytest.raises(ValueError, match="microbatches"):
+        aot.compile_report(
+            aot.best_rq_model(SMOKE), partitioning.MeshConfig(data=-1), small, microbatches=3
+        )
+
+
 def test_too_large_reports_does_not_fit():
     """A 2-block D=4096 model with batch 64 x 8 s on 4 v5e chips: reported, not raised."""
     config = encoder_lib.EncoderConfig(model_dim=4096, num_layers=2, num_heads=8, dtype="bfloat16")
     report = aot.compile_report(
-        config,
+        aot.best_rq_model(config, SMALL_OBJECTIVE),
         partitioning.MeshConfig(data=-1),
         aot.CompileConfig(topology="v5e-4", per_chip_batch_size=16, audio_seconds=8.0),
-        objective=SMALL_OBJECTIVE,
     )
     memory = report["memory_per_chip"]
     assert memory["fits"] is False

@@ -1,12 +1,16 @@
-"""`bigssl compile`: compile the pre-training step for a TPU topology ahead of time.
+"""`bigssl compile`: compile an experiment's train step for a TPU topology ahead of time.
 
+    bigssl compile --gin_file=experiments/librispeech/pretrain_wav2vec2_xl.gin
     bigssl compile --gin_file=models/XL.gin --gin_file=mesh/tpu/v4-64_xl.gin
     bigssl compile --gin_file=models/smoke.gin --gin_file=mesh/fsdp.gin --topology=v5e-4 \
         --batch_size=16 --audio_seconds=4
 
-Reads `EncoderConfig`, `MeshConfig`, `CompileConfig`, `BestRqConfig` and `OptimizerConfig` from
-gin (the flags override `CompileConfig`), compiles the full BEST-RQ train step (forward,
-backward, optimizer update, sharded and donated) with libtpu's TPU compiler on this host, and
+The model is the gin's `ExperimentConfig.model` (any audio `TrainModel`: BEST-RQ, wav2vec 2.0,
+w2v-BERT, CTC, RNN-T...; labeled when `ExperimentConfig.task_kind` is not 'unlabeled'), or,
+when the gin binds none (a model gin plus a mesh gin), BEST-RQ from `EncoderConfig` and
+`BestRqConfig`. With `MeshConfig`, `CompileConfig` (the flags override it), `OptimizerConfig`
+and `TrainerConfig.microbatches` from gin, the full train step (forward, backward, optimizer
+update, sharded and donated) is compiled with libtpu's TPU compiler on this host, which
 prints one JSON object: per-chip memory against the chip's HBM ('fits', headroom), XLA's FLOPs
 and step-time estimate, the analytic model FLOPs and the parameter count. Exit code 0 if it
 fits, 1 if not or if the compile failed (the JSON says why), 2 for a usage error. See
@@ -17,6 +21,7 @@ import dataclasses
 import json
 import os
 import sys
+from typing import Any
 
 from absl import flags
 
@@ -44,6 +49,14 @@ def _compile_config() -> aot.CompileConfig:
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _model() -> tuple[Any, bool]:
+    """The experiment's model and whether it trains on labeled batches (else BEST-RQ)."""
+    experiment = configurables.ExperimentConfig()
+    if experiment.model is None:
+        return aot.best_rq_model(configurables.EncoderConfig(), configurables.BestRqConfig()), False
+    return experiment.model, experiment.task_kind != "unlabeled"
+
+
 def main(argv) -> int:
     del argv
     if not aot.libtpu_available():
@@ -55,12 +68,14 @@ def main(argv) -> int:
 
         jax.config.update("jax_platforms", "cpu")
     try:
+        model, labeled = _model()
         report = aot.compile_report(
-            configurables.EncoderConfig(),
+            model,
             configurables.MeshConfig(),
             _compile_config(),
-            objective=configurables.BestRqConfig(),
+            labeled=labeled,
             optimizer=configurables.OptimizerConfig(),
+            microbatches=configurables.TrainerConfig().microbatches,
             global_batch_size=_BATCH_SIZE.value,
         )
     except ValueError as error:
