@@ -49,6 +49,10 @@ EXTRAS_REQUIRE = {
     "tpu-aot": [
         "libtpu==0.0.52",
     ],
+    # gs:// run directories on Cloud TPU (Orbax lists checkpoint steps with it).
+    "gcs": [
+        "google-cloud-storage==3.17.1",
+    ],
     "bench": [
         "torch==2.13.0",
         "transformers==5.23.0",

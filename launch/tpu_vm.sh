@@ -105,7 +105,7 @@ install_command() {
   echo "set -e; sudo apt-get -qq update && sudo apt-get -qq install -y python3.11 python3.11-venv" \
     "&& cd ~/${dir} && python3.11 -m venv ~/bigssl_venv" \
     "&& ~/bigssl_venv/bin/pip install -q --upgrade pip" \
-    "&& ~/bigssl_venv/bin/pip install -q -e '.[tpu-aot]'"
+    "&& ~/bigssl_venv/bin/pip install -q -e '.[tpu-aot,gcs]'"
 }
 
 # Installs gcsfuse and mounts gs://BUCKET at /gcs/BUCKET (the same path on every machine, so

@@ -59,7 +59,7 @@ def test_setup_copies_this_checkout_or_clones_then_installs_on_every_worker():
     ]
     assert unpack[:8] == [*SSH, "bigssl", "--zone=us-central2-b", "--worker=all"]
     assert "tar -xzf ~/bigssl_jax_src.tar.gz -C ~/bigssl_jax" in unpack[-1]
-    assert "pip install -q -e '.[tpu-aot]'" in install[-1] and "--worker=all" in install
+    assert "pip install -q -e '.[tpu-aot,gcs]'" in install[-1] and "--worker=all" in install
 
     clone, install = _dry_run(
         "tpu_vm.sh", "--dry-run", "--repo=https://h/r.git", "--ref=v1", "setup"

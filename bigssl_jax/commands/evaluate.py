@@ -16,7 +16,6 @@ Exit codes: 0 done; 1 a missing checkpoint, corpus or vocabulary (one line on st
 
 import dataclasses
 import json
-import pathlib
 import sys
 
 from absl import flags
@@ -52,7 +51,7 @@ def evaluate(checkpoint: str, data_dir, splits, output_dir, beam_size, max_batch
     import jax
     from clu import metric_writers
 
-    from bigssl_jax import configurables, inference, input_pipeline
+    from bigssl_jax import configurables, inference, input_pipeline, paths
     from bigssl_jax.commands import train as train_command
     from bigssl_jax.models import asr
     from bigssl_tasks import corpus_tasks
@@ -61,7 +60,7 @@ def evaluate(checkpoint: str, data_dir, splits, output_dir, beam_size, max_batch
     model = asr.with_beam_size(loaded.model, beam_size)
     experiment = configurables.ExperimentConfig()
     names = train_command.register_tasks(experiment, data_dir)
-    output_dir = pathlib.Path(output_dir or loaded.run_dir / "evaluate" / str(loaded.step))
+    output_dir = paths.as_path(output_dir or loaded.run_dir / "evaluate" / str(loaded.step))
     writer = metric_writers.create_default_writer(
         str(output_dir), just_logging=jax.process_index() > 0
     )

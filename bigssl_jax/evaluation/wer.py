@@ -21,13 +21,13 @@ and raises ValueError.
 import dataclasses
 import json
 import os
-import pathlib
 from collections.abc import Sequence
 from typing import Protocol
 
 import jiwer
 import numpy as np
 
+from bigssl_jax import paths
 from bigssl_tasks import vocab as vocab_lib
 
 
@@ -202,7 +202,7 @@ def write_utterances(utterances: Sequence[UtteranceResult], path: os.PathLike) -
       utterances: e.g. `result.utterances` or `result.worst(n)`.
       path: output file; its suffix picks the format.
     """
-    path = pathlib.Path(path)
+    path = paths.as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
         lines = [json.dumps(dataclasses.asdict(u)) for u in utterances]
@@ -219,7 +219,7 @@ def write_utterances(utterances: Sequence[UtteranceResult], path: os.PathLike) -
 
 def read_utterances(path: os.PathLike) -> list[dict]:
     """Reads a `write_utterances` file back, one dict per utterance (`errors` an int)."""
-    path = pathlib.Path(path)
+    path = paths.as_path(path)
     lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix == ".jsonl":
         return [json.loads(line) for line in lines]

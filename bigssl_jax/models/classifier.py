@@ -31,7 +31,6 @@ Batches come from `bigssl_tasks.classification_tasks`: 'targets' [B, 1] holds th
 import dataclasses
 import json
 import os
-import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -41,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bigssl_jax import paths
 from bigssl_jax.layers import conformer, frontend
 from bigssl_jax.models import encoder as encoder_lib
 
@@ -214,7 +214,7 @@ class ClassificationReport:
 
     def write(self, directory: os.PathLike) -> None:
         """Writes classification.json (metrics, confusion matrix), confusion.md, predictions.tsv."""
-        directory = pathlib.Path(directory)
+        directory = paths.as_path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         summary = {
             "metrics": self.metrics,
