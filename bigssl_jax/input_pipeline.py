@@ -155,7 +155,54 @@ def build_dataset(config: InputConfig, *, shard_info=None, epoch: int = 0, skip_
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-class InputIterator(Iterator):
+class EpochIterator(Iterator):
+    """Batches read in epochs, with a saveable position: (epoch, batches consumed in it).
+
+    Subclasses keep `_epoch` and `_in_epoch` current and define `_identity` (the settings
+    that fix the batch order; a state applies only to an equal identity) and `_restart`
+    (drop the current epoch's reader, so the next batch rebuilds it at the position).
+
+    Attributes:
+      state_version: bumped when the state's meaning changes.
+      state_name: what the mismatch error calls the state.
+    """
+
+    state_version: int = STATE_VERSION
+    state_name: str = "input"
+    _epoch: int = 0
+    _in_epoch: int = 0
+
+    def _identity(self) -> dict:
+        raise NotImplementedError
+
+    def _restart(self) -> None:
+        raise NotImplementedError
+
+    def get_state(self) -> dict:
+        """The position as a JSON-able dict: (epoch, batches in it) and the pipeline identity."""
+        return {
+            "version": self.state_version,
+            "epoch": self._epoch,
+            "batches_in_epoch": self._in_epoch,
+            **self._identity(),
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Continues from `state` (from `get_state` of an iterator with the same settings).
+
+        Raises:
+          ValueError: `state` was taken from a pipeline with other settings.
+        """
+        expected = {"version": self.state_version, **self._identity()}
+        differ = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+        if differ:
+            raise ValueError(f"{self.state_name} state does not match this pipeline: {differ}")
+        self._epoch = int(state["epoch"])
+        self._in_epoch = int(state["batches_in_epoch"])
+        self._restart()
+
+
+class InputIterator(EpochIterator):
     """Numpy batches of one host with a saveable position (see the module docstring)."""
 
     def __init__(self, config: InputConfig, shard_info=None):
@@ -214,27 +261,7 @@ class InputIterator(Iterator):
             return batch
         raise StopIteration
 
-    def get_state(self) -> dict:
-        """The position as a JSON-able dict: (epoch, batches in it) and the pipeline identity."""
-        return {
-            "version": STATE_VERSION,
-            "epoch": self._epoch,
-            "batches_in_epoch": self._in_epoch,
-            **self._identity(),
-        }
-
-    def set_state(self, state: dict) -> None:
-        """Continues from `state` (from `get_state` of an iterator with the same settings).
-
-        Raises:
-          ValueError: `state` was taken from a pipeline with other settings.
-        """
-        expected = {"version": STATE_VERSION, **self._identity()}
-        differ = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
-        if differ:
-            raise ValueError(f"input state does not match this pipeline: {differ}")
-        self._epoch = int(state["epoch"])
-        self._in_epoch = int(state["batches_in_epoch"])
+    def _restart(self) -> None:
         self._iterator = None
 
 

@@ -27,7 +27,7 @@ the position is (epoch, batches consumed in it). Hosts take every num_shards-th 
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -179,8 +179,11 @@ def pad_batch(
     return {"targets": targets, "target_paddings": paddings, "weights": weights}
 
 
-class TextIterator(Iterator):
+class TextIterator(input_pipeline.EpochIterator):
     """Numpy text batches of one host with a saveable position (see the module docstring)."""
+
+    state_version = STATE_VERSION
+    state_name = "text input"
 
     def __init__(
         self,
@@ -240,27 +243,7 @@ class TextIterator(Iterator):
             "shard": list(self.shard),
         }
 
-    def get_state(self) -> dict:
-        """The position as a JSON-able dict: (epoch, batches in it) and the pipeline identity."""
-        return {
-            "version": STATE_VERSION,
-            "epoch": self._epoch,
-            "batches_in_epoch": self._in_epoch,
-            **self._identity(),
-        }
-
-    def set_state(self, state: dict) -> None:
-        """Continues from `state` (from `get_state` of an iterator with the same settings).
-
-        Raises:
-          ValueError: `state` was taken from a pipeline with other settings or data.
-        """
-        expected = {"version": STATE_VERSION, **self._identity()}
-        differ = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
-        if differ:
-            raise ValueError(f"text input state does not match this pipeline: {differ}")
-        self._epoch = int(state["epoch"])
-        self._in_epoch = int(state["batches_in_epoch"])
+    def _restart(self) -> None:
         self._batches = None
 
 

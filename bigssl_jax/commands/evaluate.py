@@ -14,7 +14,6 @@ ASR), `<output_dir>/results.json` with every split's metrics, and TensorBoard sc
 Exit codes: 0 done; 1 a missing checkpoint, corpus or vocabulary (one line on stderr).
 """
 
-import dataclasses
 import json
 import sys
 
@@ -31,17 +30,6 @@ _OUTPUT_DIR = flags.DEFINE_string(
 _MAX_BATCHES = flags.DEFINE_integer(
     "max_batches", None, "Score at most this many batches per split (default: all)."
 )
-
-
-def _eval_config(task: str, model):
-    import gin
-
-    from bigssl_jax import configurables
-
-    with gin.config_scope("eval"):
-        config = configurables.InputConfig(task=task, shuffle=False, num_epochs=1)
-    fields = tuple(dict.fromkeys(config.keep_fields + getattr(model, "score_fields", ())))
-    return dataclasses.replace(config, keep_fields=fields)
 
 
 def evaluate(checkpoint: str, data_dir, splits, output_dir, beam_size, max_batches) -> dict:
@@ -69,7 +57,7 @@ def evaluate(checkpoint: str, data_dir, splits, output_dir, beam_size, max_batch
         task = corpus_tasks.task_name(experiment.corpus, split, experiment.task_kind)
         if task not in names:
             continue
-        batches = input_pipeline.make_iterator(_eval_config(task, model))
+        batches = input_pipeline.make_iterator(train_command.eval_input_config(task, model))
         report = model.score(loaded.variables, itertools.islice(batches, max_batches))
         report.write(output_dir / split)
         results[split] = dict(report.metrics)

@@ -33,6 +33,14 @@ def _input_config(scope: str, task: str, **overrides):
         return configurables.InputConfig(task=task, **overrides)
 
 
+def eval_input_config(task: str, model):
+    """The gin's `eval/InputConfig` for `task`: one pass, in order, keeping the string fields
+    `model.score` reads (`score_fields`, e.g. ids and reference texts)."""
+    config = _input_config("eval", task, shuffle=False, num_epochs=1)
+    fields = tuple(dict.fromkeys(config.keep_fields + getattr(model, "score_fields", ())))
+    return dataclasses.replace(config, keep_fields=fields)
+
+
 def register_tasks(experiment, data_dir) -> list[str]:
     """Registers the seqio tasks of `experiment.corpus` (and its classification tasks); names."""
     from bigssl_tasks import classification_tasks, corpus_tasks, vocab
@@ -156,15 +164,7 @@ def run(model_dir: str, data_dir) -> int:
         pseudo_tasks = register_pseudo_labeled_tasks(experiment)
         eval_iter_fn = None
         if experiment.eval_split:
-            eval_config = _input_config(
-                "eval", task(experiment.eval_split), shuffle=False, num_epochs=1
-            )
-            eval_config = dataclasses.replace(
-                eval_config,
-                keep_fields=tuple(
-                    dict.fromkeys(eval_config.keep_fields + getattr(model, "score_fields", ()))
-                ),
-            )
+            eval_config = eval_input_config(task(experiment.eval_split), model)
             eval_iter_fn = functools.partial(_host_iterator, eval_config, shard)
         mesh = partitioning.make_mesh(configurables.MeshConfig())
         optimizer = configurables.OptimizerConfig()
