@@ -24,6 +24,7 @@ from bigssl_jax.commands import common_flags
 # name -> (module, one-line help)
 COMMANDS = {
     "pipeline": ("bigssl_jax.commands.pipeline", "Run the main job end to end on a preset."),
+    "experiment": ("bigssl_jax.commands.experiment", "Run an experiment (data-efficiency)."),
     "make-corpus": ("bigssl_jax.commands.make_corpus", "Synthesise the embedded speech corpus."),
     "prepare": ("bigssl_jax.commands.prepare", "Turn audio + transcripts into TFRecord shards."),
     "vocab": ("bigssl_jax.commands.vocab", "Train a sentencepiece vocabulary on a corpus."),

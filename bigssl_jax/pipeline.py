@@ -100,7 +100,8 @@ PRESETS = {
 }
 
 
-def _stage(name: str, message: str, start: float) -> None:
+def print_stage(name: str, message: str, start: float) -> None:
+    """`[name] message (seconds since start)`, flushed."""
     print(f"[{name}] {message} ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
@@ -109,20 +110,29 @@ class StageError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Runner:
-    """Runs `bigssl` stage subprocesses of one preset under `work_dir`."""
+class Runner:
+    """Runs `bigssl` stage subprocesses of one preset under `work_dir`.
+
+    Attributes:
+      preset: the preset whose gins, bindings and flags every stage uses.
+      corpus: the corpus pseudo-labeled (training stages read theirs from the gin).
+      data_dir: the data directory.
+      work_dir: stage `<name>` writes `<work_dir>/<name>/` and `<work_dir>/<name>.log`.
+      bindings: gin bindings appended to every training stage's (e.g. another `CORPUS`).
+    """
 
     preset: PipelinePreset
     corpus: str
     data_dir: pathlib.Path
     work_dir: pathlib.Path
+    bindings: tuple[str, ...] = ()
 
     def run(self, name: str, command: str, *args: str) -> pathlib.Path:
         """`bigssl <command> <args>` as stage `name`, unless its DONE marker exists."""
         stage_dir = self.work_dir / name
         start = time.perf_counter()
         if (stage_dir / DONE).exists():
-            _stage(name, f"found {stage_dir}", start)
+            print_stage(name, f"found {stage_dir}", start)
             return stage_dir
         stage_dir.mkdir(parents=True, exist_ok=True)
         log = self.work_dir / f"{name}.log"
@@ -132,11 +142,12 @@ class _Runner:
         if done.returncode:
             raise StageError(f"stage '{name}' failed (exit {done.returncode}); see {log}")
         (stage_dir / DONE).write_text(json.dumps({"command": argv[3:]}) + "\n")
-        _stage(name, f"done: {stage_dir}", start)
+        print_stage(name, f"done: {stage_dir}", start)
         return stage_dir
 
     def train(self, name: str, gin_file: str, bindings) -> pathlib.Path:
-        flags = [f"--gin_bindings={b}" for b in bindings]
+        """`bigssl train` of `gin_file` with `bindings` (then `self.bindings`) as stage `name`."""
+        flags = [f"--gin_bindings={b}" for b in (*bindings, *self.bindings)]
         return self.run(
             name,
             "train",
@@ -148,6 +159,7 @@ class _Runner:
         )
 
     def finetune(self, name: str, init: pathlib.Path | None, bindings=()) -> pathlib.Path:
+        """The preset's fine-tuning, from scratch or from the encoder of run `init`."""
         init_binding = [f"TrainerConfig.init_checkpoint = '{init}'"] if init else []
         return self.train(
             name,
@@ -155,50 +167,66 @@ class _Runner:
             [*self.preset.finetune_bindings, *init_binding, *bindings],
         )
 
+    def pseudo_label(self, name: str, teacher: pathlib.Path, task: str) -> pathlib.Path:
+        """Stage `name`: `teacher` transcribes the unlabeled split as pseudo-labeled `task`."""
+        labels = self.work_dir / name
+        return self.run(
+            name,
+            "pseudo-label",
+            f"--checkpoint={teacher}",
+            f"--data_dir={self.data_dir}",
+            f"--corpus={self.corpus}",
+            "--split=unlabeled",
+            f"--output_dir={labels}",
+            f"--name={task}",
+            *self.preset.pseudo_label_flags,
+        )
 
-def _semi_supervised_stages(runner: _Runner) -> dict[str, pathlib.Path]:
+    def student(self, name: str, init: pathlib.Path, labels: pathlib.Path) -> pathlib.Path:
+        """A noisy student: fine-tuning from `init` on labeled + `labels` batches mixed."""
+        return self.finetune(
+            name,
+            init,
+            [
+                f"ExperimentConfig.pseudo_labels = ('{labels}',)",
+                f"ExperimentConfig.mix_ratios = {tuple(self.preset.mix_ratios)}",
+                *self.preset.student_bindings,
+            ],
+        )
+
+    def evaluate(self, model: str, run_dir: pathlib.Path) -> dict[str, float]:
+        """Stage `evaluate_<model>`: WER of `run_dir` per evaluation split."""
+        name = f"evaluate_{model}"
+        stage_dir = self.run(
+            name,
+            "evaluate",
+            f"--checkpoint={run_dir}",
+            f"--data_dir={self.data_dir}",
+            f"--splits={','.join(EVAL_SPLITS)}",
+            f"--output_dir={self.work_dir / name}",
+        )
+        scored = json.loads((stage_dir / "results.json").read_text())["results"]
+        return {split: scored[split]["wer"] for split in scored}
+
+
+def _semi_supervised_stages(runner: Runner) -> dict[str, pathlib.Path]:
     """Stages 5-8: pre-training, baseline, teacher, pseudo-labels and students."""
     preset = runner.preset
     pretrained = runner.train("pretrain", preset.pretrain_gin, preset.pretrain_bindings)
     models = {"baseline": runner.finetune("baseline", None)}
     models["teacher"] = teacher = runner.finetune("teacher", pretrained)
     for generation in range(1, preset.generations + 1):
-        labels = runner.work_dir / f"pseudo_label_{generation}"
-        runner.run(
-            labels.name,
-            "pseudo-label",
-            f"--checkpoint={teacher}",
-            f"--data_dir={runner.data_dir}",
-            f"--corpus={runner.corpus}",
-            "--split=unlabeled",
-            f"--output_dir={labels}",
-            f"--name={runner.corpus}_pseudo_{generation}",
-            *preset.pseudo_label_flags,
+        labels = runner.pseudo_label(
+            f"pseudo_label_{generation}", teacher, f"{runner.corpus}_pseudo_{generation}"
         )
-        student = [
-            f"ExperimentConfig.pseudo_labels = ('{labels}',)",
-            f"ExperimentConfig.mix_ratios = {tuple(preset.mix_ratios)}",
-            *preset.student_bindings,
-        ]
-        teacher = runner.finetune(f"student_{generation}", pretrained, student)
+        teacher = runner.student(f"student_{generation}", pretrained, labels)
         models[f"student_{generation}"] = teacher
     return models
 
 
-def _evaluate(runner: _Runner, models: dict[str, pathlib.Path]) -> dict[str, dict]:
+def _evaluate(runner: Runner, models: dict[str, pathlib.Path]) -> dict[str, dict]:
     """Stage 9: every model's WER per split, the table and the plot."""
-    results = {}
-    for name, run_dir in models.items():
-        stage_dir = runner.run(
-            f"evaluate_{name}",
-            "evaluate",
-            f"--checkpoint={run_dir}",
-            f"--data_dir={runner.data_dir}",
-            f"--splits={','.join(EVAL_SPLITS)}",
-            f"--output_dir={runner.work_dir / f'evaluate_{name}'}",
-        )
-        scored = json.loads((stage_dir / "results.json").read_text())["results"]
-        results[name] = {split: scored[split]["wer"] for split in scored}
+    results = {name: runner.evaluate(name, run_dir) for name, run_dir in models.items()}
     write_results(results, runner.work_dir)
     return results
 
@@ -235,55 +263,74 @@ def write_results(results: dict[str, dict], work_dir: pathlib.Path) -> None:
     plt.close(figure)
 
 
-def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1) -> int:
-    """Runs every stage of `preset_name`; returns the exit code (0 = all stages done).
-
-    Raises:
-      StageError: a training, labeling or evaluation stage failed (its log is named).
-    """
-    from bigssl_jax.commands import show_batches
+def ensure_vocabulary(data_dir: os.PathLike, corpus: str, vocab_size: int) -> pathlib.Path:
+    """The sentencepiece model of `corpus`, trained on its labeled split unless it exists."""
     from bigssl_tasks import vocab
 
-    preset = PRESETS[preset_name]
-    root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
+    start = time.perf_counter()
+    model = vocab.vocab_path(data_dir, corpus, vocab_size)
+    if model.exists():
+        print_stage("vocab", f"found {model}", start)
+        return model
+    registry = registry_lib.CorpusRegistry(paths.registry_path(data_dir))
+    texts = vocab.read_transcripts(registry.split(corpus, "labeled").files)
+    size = vocab.train_vocabulary(texts, model, vocab_size=vocab_size)
+    print_stage("vocab", f"wrote {model}: {size} pieces from {len(texts)} transcripts", start)
+    return model
 
+
+def prepare_inputs(preset: PipelinePreset, *, data_dir: os.PathLike, seed: int, jobs: int) -> str:
+    """Stages 1-4: corpus, prepared splits, vocabulary and one batch of each kind.
+
+    Returns:
+      The registry name of the prepared embedded corpus.
+
+    Raises:
+      StageError: a batch of the labeled or unlabeled task could not be read (the
+        reason is on stderr).
+    """
+    from bigssl_jax.commands import show_batches
+
+    root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
     start = time.perf_counter()
     info, made = synthetic_corpus.make_corpus(
         root, preset=preset.corpus_preset, seed=seed, jobs=jobs
     )
     hours = sum(split["hours"] for split in info["splits"].values())
-    _stage("corpus", f"{'made' if made else 'found'} {root} ({hours:.2f} h of audio)", start)
+    print_stage("corpus", f"{'made' if made else 'found'} {root} ({hours:.2f} h of audio)", start)
 
     start = time.perf_counter()
     reports = prepare.prepare_embedded(root, data_dir=data_dir)
     corpus = reports[0].corpus
     for report in reports:
-        _stage("prepare", report.summary(), start)
+        print_stage("prepare", report.summary(), start)
 
-    start = time.perf_counter()
-    model = vocab.vocab_path(data_dir, corpus, preset.vocab_size)
-    if model.exists():
-        _stage("vocab", f"found {model}", start)
-    else:
-        registry = registry_lib.CorpusRegistry(paths.registry_path(data_dir))
-        texts = vocab.read_transcripts(registry.split(corpus, "labeled").files)
-        size = vocab.train_vocabulary(texts, model, vocab_size=preset.vocab_size)
-        _stage("vocab", f"wrote {model}: {size} pieces from {len(texts)} transcripts", start)
-
+    ensure_vocabulary(data_dir, corpus, preset.vocab_size)
     for kind in ("labeled", "unlabeled"):
+        task = f"{corpus}_{kind}_{kind}"
         status = show_batches.show_batches(
             corpus,
             data_dir=data_dir,
-            task=f"{corpus}_{kind}_{kind}",
+            task=task,
             num_batches=1,
             batch_size=preset.batch_size,
             vocab_size=preset.vocab_size,
         )
         if status:
-            return status
+            raise StageError(f"stage 'batches' failed: no batch of task {task} (exit {status})")
+    return corpus
 
+
+def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1) -> int:
+    """Runs every stage of `preset_name`; returns the exit code (0 = all stages done).
+
+    Raises:
+      StageError: a stage failed (its log is named).
+    """
+    preset = PRESETS[preset_name]
+    corpus = prepare_inputs(preset, data_dir=data_dir, seed=seed, jobs=jobs)
     work_dir = pathlib.Path(data_dir) / "pipeline" / preset_name
-    runner = _Runner(preset, corpus, pathlib.Path(data_dir), work_dir)
+    runner = Runner(preset, corpus, pathlib.Path(data_dir), work_dir)
     results = _evaluate(runner, _semi_supervised_stages(runner))
     print(f"\nWER (%) on {corpus} ({work_dir / 'results.png'}):\n")
     print(results_table(results), flush=True)

@@ -116,16 +116,36 @@ def test_padding_invariance():
         np.testing.assert_array_equal(features[:, num_valid:], 0.0)
 
 
-def test_frontend_module_has_no_params_and_equals_function():
+@pytest.mark.parametrize("normalize", [False, True])
+def test_frontend_module_has_no_params_and_equals_functions(normalize):
     audio = _speech_like(2000, 5)[None]
     paddings = np.zeros_like(audio)
-    module = frontend.LogMelFrontend(CONFIG)
+    config = dataclasses.replace(CONFIG, normalize=normalize)
+    module = frontend.LogMelFrontend(config)
     variables = module.init(jax.random.key(0), audio, paddings)
     assert not jax.tree_util.tree_leaves(variables)
     got = module.apply(variables, audio, paddings)
-    want = frontend.log_mel(audio, paddings, CONFIG)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_array_equal(g, w)
+    features, feature_paddings = frontend.log_mel(audio, paddings, config)
+    if normalize:
+        features = frontend.normalize_per_utterance(features, feature_paddings)
+    np.testing.assert_array_equal(got[0], features)
+    np.testing.assert_array_equal(got[1], feature_paddings)
+
+
+def test_per_utterance_normalization_matches_numpy_over_valid_frames():
+    rng = np.random.default_rng(0)
+    features = rng.normal(-6.0, 3.0, size=(3, 20, 4)).astype(np.float32)
+    lengths = [20, 13, 1]
+    paddings = (np.arange(20)[None, :] >= np.array(lengths)[:, None]).astype(np.float32)
+    got = np.asarray(frontend.normalize_per_utterance(features, paddings))
+    for row, length in enumerate(lengths):
+        valid = features[row, :length].astype(np.float64)
+        want = (valid - valid.mean(0)) / np.sqrt(valid.var(0) + 1e-5)
+        np.testing.assert_allclose(got[row, :length], want, atol=1e-4)
+        np.testing.assert_array_equal(got[row, length:], 0.0)
+    # A level change (a constant added to the log-mel) drops out.
+    shifted = np.asarray(frontend.normalize_per_utterance(features + 2.5, paddings))
+    np.testing.assert_allclose(shifted, got, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -174,6 +174,52 @@ def _as_unlabeled(entries: list[Entry]) -> list[Entry]:
     return out
 
 
+def split_labeled_pool(
+    labeled: FileSource, unlabeled: FileSource, fraction: float, seed: int
+) -> tuple[FileSource, FileSource]:
+    """Keeps a seeded random share of a labeled pool labeled; the rest joins the unlabeled split.
+
+    round(fraction * N) of the N utterances of `labeled` (at least one) are drawn without
+    replacement with `numpy.random.default_rng(seed)` and stay labeled, in their original
+    order; the others are appended to `unlabeled` with their transcripts hidden (moved to
+    `oracle_text`, as `unlabeled=True` does for the readers). Used for data-efficiency
+    experiments that vary the labeled share of one corpus.
+
+    Args:
+      labeled: the labeled pool.
+      unlabeled: the corpus's unlabeled split.
+      fraction: labeled share, in (0, 1].
+      seed: seed of the draw (the same seed draws the same subset).
+
+    Returns:
+      (the labeled subset, the unlabeled split plus the rest of the pool).
+
+    Raises:
+      ValueError: `fraction` is not in (0, 1] or `labeled` holds no transcripts.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"the labeled fraction must be in (0, 1], got {fraction}")
+    if not labeled.labeled:
+        raise ValueError(f"{labeled.description} is not a labeled split")
+    count = max(1, round(fraction * len(labeled)))
+    chosen = np.zeros(len(labeled), bool)
+    chosen[np.random.default_rng(seed).choice(len(labeled), count, replace=False)] = True
+    kept = [entry for entry, keep in zip(labeled.entries, chosen, strict=True) if keep]
+    rest = [entry for entry, keep in zip(labeled.entries, chosen, strict=True) if not keep]
+    tag = f"{fraction:g} of {labeled.description} (seed {seed})"
+    subset = FileSource(tag, kept, labeled=True, extra_fields=labeled.extra_fields)
+    fields = {*unlabeled.extra_fields, *labeled.extra_fields}
+    if rest:
+        fields.add(schema.ORACLE_TEXT_FIELD)
+    pool = FileSource(
+        f"{unlabeled.description} + the rest of {tag}",
+        [*unlabeled.entries, *_as_unlabeled(rest)],
+        labeled=False,
+        extra_fields=tuple(sorted(fields)),
+    )
+    return subset, pool
+
+
 def _file_size(path: pathlib.Path) -> int:
     try:
         return path.stat().st_size

@@ -44,6 +44,10 @@ class LogMelConfig:
         x[-1] = 0); 0.0 disables it. 0.97 as in lingvo and Kaldi.
       log_floor: magnitudes are clamped to this floor before the log (log(1e-5) ~ -11.5 is the
         value of silence for audio scaled to [-1, 1]).
+      normalize: `LogMelFrontend` standardises every utterance's features per mel band over
+        its valid frames (`normalize_per_utterance`), so recording level drops out and the
+        SpecAugment / padding value 0.0 is the utterance mean rather than a loud bin; False
+        feeds the raw log-mel (the `log_mel` function itself never normalises).
     """
 
     sample_rate: int = 16000
@@ -55,6 +59,7 @@ class LogMelConfig:
     upper_edge_hz: float = 7600.0
     preemphasis: float = 0.97
     log_floor: float = 1e-5
+    normalize: bool = True
 
     def __post_init__(self):
         if self.fft_size < self.frame_length:
@@ -189,14 +194,48 @@ def log_mel(
     return features, feature_paddings
 
 
+def normalize_per_utterance(
+    features: jax.Array, paddings: jax.Array, epsilon: float = 1e-5
+) -> jax.Array:
+    """Standardises each utterance's features per band over its valid frames.
+
+    With m[t] = 1 - paddings[t] and n = max(sum_t m[t], 1), per utterance and band f:
+      mean[f] = sum_t m[t] x[t, f] / n
+      var[f]  = sum_t m[t] (x[t, f] - mean[f])^2 / n
+      out[t, f] = m[t] (x[t, f] - mean[f]) / sqrt(var[f] + epsilon)
+    Padded frames stay 0, and the valid frames do not depend on the padding (statistics over
+    valid frames only).
+
+    Args:
+      features: [B, T, F] float32.
+      paddings: [B, T] float32, 1.0 at padded frames.
+      epsilon: added to the variance (a constant band, e.g. digital silence, maps to 0).
+
+    Returns:
+      [B, T, F] float32.
+    """
+    mask = (1.0 - paddings)[..., None]
+    count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)
+    mean = jnp.sum(features * mask, axis=1, keepdims=True) / count
+    centred = (features - mean) * mask
+    variance = jnp.sum(jnp.square(centred), axis=1, keepdims=True) / count
+    return centred * jax.lax.rsqrt(variance + epsilon)
+
+
 class LogMelFrontend(nn.Module):
-    """Parameter-free Flax wrapper of `log_mel`: ([B, S], [B, S]) -> ([B, T, F], [B, T])."""
+    """Parameter-free front end: `log_mel`, then (config.normalize) `normalize_per_utterance`.
+
+    ([B, S] audio, [B, S] paddings) -> ([B, T, F] features, [B, T] paddings).
+    """
 
     config: LogMelConfig
 
     @nn.compact
     def __call__(self, audio: jax.Array, paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return log_mel(audio, paddings, self.config)
+        features, feature_paddings = log_mel(audio, paddings, self.config)
+        if self.config.normalize:
+            features = normalize_per_utterance(features, feature_paddings)
+        return features, feature_paddings
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""`bigssl experiment <name>`: experiments built from the main job's stages.
+
+    bigssl experiment data-efficiency --preset=demo --fractions=0.05,0.1,0.25,1.0 --seeds=0,1
+    bigssl experiment data-efficiency --preset=smoke --fractions=0.5,1.0   # minutes on a CPU
+
+Experiments:
+  data-efficiency  supervised only vs pre-trained + fine-tuned vs pre-trained + self-trained +
+                   fine-tuned at several labeled fractions (`bigssl_jax.data_efficiency`).
+                   `--seeds` are the training seeds of every arm; `--seed` is the data seed
+                   (of the synthetic corpus, as for `bigssl pipeline`, and of the labeled subsets).
+
+Exit codes: 0 done; 1 an unknown experiment, bad flags or a failed stage (one line on
+stderr naming its log); 2 no experiment named.
+"""
+
+import os
+import sys
+
+from absl import flags
+
+from bigssl_jax import data_efficiency, pipeline
+from bigssl_jax.commands import common_flags
+from bigssl_jax.data import prepare, sources, synthetic_corpus
+
+TAKES_ARGUMENTS = True  # the experiment's name
+
+EXPERIMENTS = ("data-efficiency",)
+
+_PRESET = flags.DEFINE_enum(
+    "preset", "demo", list(pipeline.PRESETS), "Corpus, gins and step budgets (pipeline presets)."
+)
+_FRACTIONS = flags.DEFINE_list(
+    "fractions", ["0.05", "0.1", "0.25", "1.0"], "Labeled shares of the labeled pool, in (0, 1]."
+)
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Training seeds of every arm.")
+
+
+def _parse(values, kind, name: str) -> list:
+    """`values` converted by `kind`; ValueError names the flag and the bad value."""
+    parsed = []
+    for value in values:
+        try:
+            parsed.append(kind(value))
+        except ValueError:
+            raise ValueError(f"--{name}: '{value}' is not a {kind.__name__}") from None
+    return parsed
+
+
+def _data_efficiency() -> int:
+    fractions = _parse(_FRACTIONS.value, float, "fractions")  # run checks they are in (0, 1]
+    seeds = _parse(_SEEDS.value, int, "seeds")
+    if not seeds:
+        raise ValueError("--seeds is empty")
+    return data_efficiency.run(
+        _PRESET.value,
+        data_dir=common_flags.data_dir(),
+        fractions=fractions,
+        seeds=seeds,
+        data_seed=common_flags.SEED.value,
+        # Corpus synthesis output does not depend on --jobs: use every core by default.
+        jobs=common_flags.JOBS.value if common_flags.JOBS.present else os.cpu_count() or 1,
+    )
+
+
+def main(argv) -> int:
+    """Runs the experiment named by the one positional argument."""
+    if len(argv) != 2:
+        print(
+            f"experiment: usage: bigssl experiment {{{','.join(EXPERIMENTS)}}} [flags]",
+            file=sys.stderr,
+        )
+        return 2
+    if argv[1] not in EXPERIMENTS:
+        print(
+            f"experiment: unknown experiment '{argv[1]}' (known: {', '.join(EXPERIMENTS)})",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        return _data_efficiency()
+    except (
+        ValueError,
+        synthetic_corpus.CorpusError,
+        prepare.PrepareError,
+        sources.SourceError,
+        pipeline.StageError,
+        OSError,
+    ) as error:
+        print(f"experiment: {error}", file=sys.stderr)
+        return 1

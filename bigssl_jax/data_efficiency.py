@@ -1,0 +1,322 @@
+"""Data efficiency: what pre-training and self-training buy at each share of labeled data.
+
+    bigssl experiment data-efficiency --preset=demo --fractions=0.05,0.1,0.25,1.0 --seeds=0,1
+    bigssl experiment data-efficiency --preset=smoke --fractions=0.5,1.0 --seeds=0
+
+For each labeled fraction f of the embedded corpus's labeled pool (the rest of the pool
+joins the unlabeled audio) and each training seed, three arms with the same model, the same
+fine-tuning gin and the same step budget are compared:
+
+  supervised:    fine-tuning from scratch on the f-labeled split;
+  pretrained:    fine-tuning of the pre-trained encoder on it;
+  self_trained:  the `pretrained` model transcribes the unlabeled split (one noisy student
+                 generation), and a student starts again from the pre-trained encoder on
+                 labeled + pseudo-labeled batches mixed like the pipeline's students.
+
+Stages (each finds its finished output and skips; interrupted training resumes):
+
+1. inputs:   the pipeline's stages 1-4 (corpus, prepare, vocab, batches) for the preset.
+2. corpora:  per fraction, the derived corpus `<corpus>_f<pct>` (e.g. `embedded_small_f10`):
+             its `labeled` split is a random subset of round(f * N) of the N labeled
+             utterances, drawn with `--seed`; its `unlabeled` split is the corpus's unlabeled
+             split plus the rest of the pool with transcripts hidden; dev / test / test_clean
+             are the corpus's own shards (registered again, not copied). f = 1 re-registers the
+             corpus's labeled and unlabeled splits too. Each gets its own vocabulary, trained
+             on its labeled split.
+3. pretrain: one self-supervised pre-training on the corpus, shared by every fraction (the
+             unlabeled audio it sees is unlabeled in every fraction).
+4. arms:     per fraction and seed, the three arms with `CORPUS = '<corpus>_f<pct>'` and
+             `TrainerConfig.seed = <seed>` bound.
+5. evaluate: WER of every model on dev, test and test_clean, then `results.json` (one row
+             per fraction, seed and arm, and the mean over seeds), `results.md` (test, dev
+             and test_clean tables, with the relative WER reduction of self-training over
+             supervised training) and `results.png` (test WER against labeled hours).
+
+Everything runs under `<data_dir>/experiments/data_efficiency/<preset>/`: `pretrain/` and
+`f<pct>_s<seed>/<stage>/` with the pipeline's `<stage>.log` and `DONE` markers.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from bigssl_jax import paths, pipeline
+from bigssl_jax.data import prepare, sources
+from bigssl_jax.data import registry as registry_lib
+
+ARMS = ("supervised", "pretrained", "self_trained")
+TABLE_SPLITS = ("test", "dev", "test_clean")  # the first one is plotted
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledShare:
+    """One derived corpus: `fraction` of the labeled pool labeled.
+
+    Attributes:
+      fraction: labeled share of the pool, in (0, 1].
+      corpus: its registry name, `<corpus>_f<pct>`.
+      utterances: utterances of its labeled split.
+      hours: hours of its labeled split.
+    """
+
+    fraction: float
+    corpus: str
+    utterances: int
+    hours: float
+
+    @property
+    def tag(self) -> str:
+        return fraction_tag(self.fraction)
+
+
+def fraction_tag(fraction: float) -> str:
+    """`f<percent>`: 0.1 -> 'f10', 1.0 -> 'f100', 0.025 -> 'f2p5'."""
+    return "f" + f"{100 * fraction:.6g}".replace(".", "p")
+
+
+def work_dir(data_dir: os.PathLike, preset_name: str) -> pathlib.Path:
+    """`<data_dir>/experiments/data_efficiency/<preset>`."""
+    return pathlib.Path(data_dir) / "experiments" / "data_efficiency" / preset_name
+
+
+def make_labeled_share(
+    data_dir: os.PathLike,
+    corpus: str,
+    fraction: float,
+    *,
+    root: os.PathLike,
+    seed: int,
+    vocab_size: int,
+    jobs: int = 1,
+) -> LabeledShare:
+    """Stage 2 for one fraction: prepares and registers `<corpus>_f<pct>` and its vocabulary.
+
+    Args:
+      data_dir: the data directory holding the prepared embedded `corpus`.
+      corpus: registry name of the embedded corpus prepared from `root`.
+      fraction: labeled share of its labeled pool, in (0, 1].
+      root: the embedded corpus's folder (`paths.embedded_corpus_dir`).
+      seed: seed of the labeled subset.
+      vocab_size: pieces of the derived corpus's vocabulary.
+      jobs: worker processes writing shards.
+
+    Returns:
+      The derived corpus and the size of its labeled split.
+    """
+    registry = registry_lib.CorpusRegistry(paths.registry_path(data_dir))
+    base = registry.splits(corpus)
+    name = f"{corpus}_{fraction_tag(fraction)}"
+    start = time.perf_counter()
+    description = f"{fraction:g} of {corpus}/labeled labeled (seed {seed})"
+    if fraction == 1.0:
+        for split in ("labeled", "unlabeled"):
+            registry.register_split(name, split, base[split], source=description)
+    else:
+        pool = sources.embedded_sources(root)
+        labeled, unlabeled = sources.split_labeled_pool(
+            pool["labeled"], pool["unlabeled"], fraction, seed
+        )
+        options = prepare.PrepareOptions(jobs=jobs)
+        for split, source in (("labeled", labeled), ("unlabeled", unlabeled)):
+            report = prepare.prepare_split(
+                source, data_dir=data_dir, corpus=name, split=split, options=options
+            )
+            pipeline.print_stage("corpora", report.summary(), start)
+    for split in pipeline.EVAL_SPLITS:
+        if split in base:
+            registry.register_split(name, split, base[split], source=description)
+    info = registry.split(name, "labeled")
+    pipeline.print_stage(
+        "corpora", f"{name}: {info.num_examples} labeled utterances ({info.hours:.3f} h)", start
+    )
+    pipeline.ensure_vocabulary(data_dir, name, vocab_size)
+    return LabeledShare(fraction, name, info.num_examples, info.hours)
+
+
+def run_arms(
+    base: pipeline.Runner, share: LabeledShare, seed: int, pretrained: pathlib.Path
+) -> dict[str, dict[str, float]]:
+    """Stages 4-5 for one fraction and seed: the three arms and their WER per split."""
+    runner = dataclasses.replace(
+        base,
+        corpus=share.corpus,
+        work_dir=base.work_dir / f"{share.tag}_s{seed}",
+        bindings=(f"CORPUS = '{share.corpus}'", f"TrainerConfig.seed = {seed}"),
+    )
+    models = {
+        "supervised": runner.finetune("supervised", None),
+        "pretrained": runner.finetune("pretrained", pretrained),
+    }
+    labels = runner.pseudo_label(
+        "pseudo_label", models["pretrained"], f"{share.corpus}_s{seed}_pseudo"
+    )
+    models["self_trained"] = runner.student("self_trained", pretrained, labels)
+    return {arm: runner.evaluate(arm, run_dir) for arm, run_dir in models.items()}
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean (and population std) of every split's WER over seeds, per (fraction, arm)."""
+    groups: dict[tuple[float, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["fraction"], row["arm"]), []).append(row)
+    means = []
+    for (fraction, arm), group in groups.items():
+        splits = [s for s in pipeline.EVAL_SPLITS if all(s in row["wer"] for row in group)]
+        wers = {s: np.array([row["wer"][s] for row in group]) for s in splits}
+        means.append(
+            {
+                "fraction": fraction,
+                "labeled_hours": group[0]["labeled_hours"],
+                "labeled_utterances": group[0]["labeled_utterances"],
+                "arm": arm,
+                "seeds": [row["seed"] for row in group],
+                "wer": {s: float(w.mean()) for s, w in wers.items()},
+                "wer_std": {s: float(w.std()) for s, w in wers.items()},
+            }
+        )
+    return means
+
+
+def _cell(mean: dict | None, split: str) -> str:
+    if mean is None or split not in mean["wer"]:
+        return "-"
+    text = f"{100 * mean['wer'][split]:.1f}"
+    return text + (f" ± {100 * mean['wer_std'][split]:.1f}" if len(mean["seeds"]) > 1 else "")
+
+
+def relative_reduction(supervised: float, self_trained: float) -> float:
+    """Relative WER reduction of self-training over supervised training, in [-inf, 1]."""
+    return (supervised - self_trained) / supervised if supervised > 0 else math.nan
+
+
+def results_table(means: list[dict], split: str) -> str:
+    """A Markdown table of `split`'s mean WER (%): a row per fraction, a column per arm.
+
+    The last column is the relative WER reduction of `self_trained` over `supervised`.
+    """
+    by_key = {(m["fraction"], m["arm"]): m for m in means}
+    header = ["labeled", "hours", *ARMS, "WER reduction, self_trained vs supervised"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for fraction in sorted({m["fraction"] for m in means}):
+        row = {arm: by_key.get((fraction, arm)) for arm in ARMS}
+        first = next(m for m in row.values() if m is not None)
+        cells = [f"{100 * fraction:g}%", f"{first['labeled_hours']:.3f}"]
+        cells += [_cell(row[arm], split) for arm in ARMS]
+        pair = [row[arm] for arm in ("supervised", "self_trained")]
+        if all(m is not None and split in m["wer"] for m in pair):
+            reduction = relative_reduction(pair[0]["wer"][split], pair[1]["wer"][split])
+            cells.append("-" if math.isnan(reduction) else f"{100 * reduction:+.1f}%")
+        else:
+            cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_markdown(means: list[dict], corpus: str) -> str:
+    """One table per split (test first): mean WER (%) over seeds (± std with several)."""
+    parts = [f"# Data efficiency on {corpus}: WER (%)"]
+    for split in TABLE_SPLITS:
+        if any(split in m["wer"] for m in means):
+            parts += [f"## {split}", results_table(means, split)]
+    return "\n\n".join(parts) + "\n"
+
+
+def plot_results(means: list[dict], path: pathlib.Path) -> None:
+    """WER on the first table split against labeled hours (log x), one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    split = next(s for s in TABLE_SPLITS if any(s in m["wer"] for m in means))
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for arm in ARMS:
+        points = sorted(
+            (m["labeled_hours"], 100 * m["wer"][split], 100 * m["wer_std"][split])
+            for m in means
+            if m["arm"] == arm and split in m["wer"]
+        )
+        if points:
+            hours, wers, stds = zip(*points, strict=True)
+            axis.errorbar(hours, wers, yerr=stds, marker="o", capsize=3, label=arm)
+    axis.set_xscale("log")
+    axis.set_xlabel("labeled hours")
+    axis.set_ylabel(f"{split} WER (%)")
+    axis.set_title("WER against labeled data")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_results(rows: list[dict], corpus: str, out_dir: pathlib.Path) -> str:
+    """`results.json`, `results.md` and `results.png` under `out_dir`; returns the Markdown."""
+    means = summarize(rows)
+    markdown = results_markdown(means, corpus)
+    results = {"corpus": corpus, "rows": rows, "means": means}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "results.md").write_text(markdown)
+    plot_results(means, out_dir / "results.png")
+    return markdown
+
+
+def run(
+    preset_name: str,
+    *,
+    data_dir: os.PathLike,
+    fractions,
+    seeds,
+    data_seed: int = 0,
+    jobs: int = 1,
+) -> int:
+    """Runs every stage of the experiment; returns the exit code (0 = all done).
+
+    Args:
+      preset_name: a `pipeline.PRESETS` name (corpus, gins, step budgets).
+      data_dir: the data directory.
+      fractions: labeled shares of the labeled pool, each in (0, 1].
+      seeds: training seeds (`TrainerConfig.seed`) of every arm.
+      data_seed: seed of the corpus synthesis and of the labeled subsets.
+      jobs: worker processes of corpus synthesis and preparation.
+
+    Raises:
+      ValueError: a fraction is not in (0, 1].
+      pipeline.StageError: a stage failed (its log is named).
+    """
+    fractions, seeds = sorted(set(fractions)), list(dict.fromkeys(seeds))
+    if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"labeled fractions must be in (0, 1], got {fractions}")
+    preset = pipeline.PRESETS[preset_name]
+    corpus = pipeline.prepare_inputs(preset, data_dir=data_dir, seed=data_seed, jobs=jobs)
+    root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
+    shares = [
+        make_labeled_share(
+            data_dir, corpus, f, root=root, seed=data_seed, vocab_size=preset.vocab_size, jobs=jobs
+        )
+        for f in fractions
+    ]
+    out_dir = work_dir(data_dir, preset_name)
+    base = pipeline.Runner(preset, corpus, pathlib.Path(data_dir), out_dir)
+    pretrained = base.train("pretrain", preset.pretrain_gin, preset.pretrain_bindings)
+    rows = []
+    for share in shares:
+        for seed in seeds:
+            for arm, wers in run_arms(base, share, seed, pretrained).items():
+                rows.append(
+                    {
+                        "fraction": share.fraction,
+                        "labeled_hours": share.hours,
+                        "labeled_utterances": share.utterances,
+                        "arm": arm,
+                        "seed": seed,
+                        "wer": wers,
+                    }
+                )
+    markdown = write_results(rows, corpus, out_dir)
+    print(f"\n{markdown}\n(plot: {out_dir / 'results.png'})", flush=True)
+    return 0

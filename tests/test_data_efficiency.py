@@ -1,0 +1,183 @@
+"""`bigssl experiment data-efficiency`: the labeled-pool split, the tables, and the smoke run."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bigssl_jax import data_efficiency, paths
+from bigssl_jax.data import prepare, schema, sources, synthetic_corpus
+from bigssl_jax.data import registry as registry_lib
+
+
+def _source(prefix: str, count: int, *, labeled: bool) -> sources.FileSource:
+    entries = [
+        sources.Entry(
+            id=f"{prefix}{i}",
+            location=f"/audio/{prefix}{i}.flac",
+            text=f"words {i}" if labeled else None,
+            extra={"accent": "a"} if labeled else {"accent": "b", "oracle_text": f"u {i}"},
+        )
+        for i in range(count)
+    ]
+    fields = ("accent",) if labeled else ("accent", schema.ORACLE_TEXT_FIELD)
+    return sources.FileSource(prefix, entries, labeled=labeled, extra_fields=fields)
+
+
+def test_split_labeled_pool_sizes_disjoint_hidden_and_seeded():
+    pool, unlabeled = _source("l", 20, labeled=True), _source("u", 7, labeled=False)
+    subset, rest = sources.split_labeled_pool(pool, unlabeled, 0.25, seed=3)
+
+    assert subset.labeled and not rest.labeled
+    assert len(subset) == 5 and len(rest) == 7 + 15
+    chosen = {e.id for e in subset.entries}
+    moved = [e for e in rest.entries if e.id.startswith("l")]
+    assert chosen.isdisjoint(e.id for e in moved)
+    assert chosen | {e.id for e in moved} == {e.id for e in pool.entries}
+    assert [e.id for e in rest.entries[:7]] == [f"u{i}" for i in range(7)]
+    # Transcripts are hidden in the unlabeled part, kept for analysis only.
+    texts = {e.id: e.text for e in pool.entries}
+    assert all(e.text is None and e.extra["oracle_text"] == texts[e.id] for e in moved)
+    assert all(e.text == texts[e.id] for e in subset.entries)
+    assert rest.extra_fields == ("accent", schema.ORACLE_TEXT_FIELD)
+    # The labeled subset keeps the pool's order.
+    order = [e.id for e in pool.entries]
+    assert [e.id for e in subset.entries] == sorted(chosen, key=order.index)
+
+    again, _ = sources.split_labeled_pool(pool, unlabeled, 0.25, seed=3)
+    other, _ = sources.split_labeled_pool(pool, unlabeled, 0.25, seed=4)
+    assert [e.id for e in again.entries] == [e.id for e in subset.entries]
+    assert [e.id for e in other.entries] != [e.id for e in subset.entries]
+
+    everything, same = sources.split_labeled_pool(pool, unlabeled, 1.0, seed=3)
+    assert [e.id for e in everything.entries] == order
+    assert [e.id for e in same.entries] == [e.id for e in unlabeled.entries]
+    tiny, _ = sources.split_labeled_pool(pool, unlabeled, 0.01, seed=0)
+    assert len(tiny) == 1
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+        sources.split_labeled_pool(pool, unlabeled, 0.0, seed=0)
+    with pytest.raises(ValueError, match="not a labeled split"):
+        sources.split_labeled_pool(unlabeled, unlabeled, 0.5, seed=0)
+
+
+def test_fraction_tags():
+    assert [data_efficiency.fraction_tag(f) for f in (0.05, 0.1, 1.0, 0.025)] == [
+        "f5",
+        "f10",
+        "f100",
+        "f2p5",
+    ]
+
+
+def test_summary_and_table_mean_std_and_relative_reduction():
+    rows = [
+        {
+            "fraction": 0.5,
+            "labeled_hours": 0.1,
+            "labeled_utterances": 6,
+            "arm": arm,
+            "seed": seed,
+            "wer": {"test": wer, "dev": wer},
+        }
+        for arm, wers in (("supervised", (0.4, 0.6)), ("self_trained", (0.2, 0.3)))
+        for seed, wer in enumerate(wers)
+    ]
+    means = {m["arm"]: m for m in data_efficiency.summarize(rows)}
+    assert means["supervised"]["seeds"] == [0, 1]
+    assert math.isclose(means["supervised"]["wer"]["test"], 0.5)
+    assert math.isclose(means["supervised"]["wer_std"]["test"], 0.1)
+    table = data_efficiency.results_table(list(means.values()), "test")
+    # 50.0 ± 10.0 supervised, 25.0 ± 5.0 self-trained: a 50% relative reduction.
+    assert "| 50% | 0.100 | 50.0 ± 10.0 | - | 25.0 ± 5.0 | +50.0% |" in table
+    assert math.isnan(data_efficiency.relative_reduction(0.0, 0.1))  # of a zero WER
+
+
+def test_labeled_shares_of_the_tiny_corpus(tmp_path):
+    root = paths.embedded_corpus_dir(tmp_path, "tiny")
+    synthetic_corpus.make_corpus(root, preset="tiny", seed=0, jobs=1, progress=False)
+    prepare.prepare_embedded(root, data_dir=tmp_path)
+    registry = registry_lib.CorpusRegistry(paths.registry_path(tmp_path))
+    base = registry.splits("embedded_tiny")
+    pool = base["labeled"].num_examples
+
+    def share(fraction):
+        return data_efficiency.make_labeled_share(
+            tmp_path, "embedded_tiny", fraction, root=root, seed=0, vocab_size=32
+        )
+
+    half = share(0.5)
+    assert (half.corpus, half.utterances) == ("embedded_tiny_f50", pool // 2)
+    splits = registry.splits("embedded_tiny_f50")
+    assert splits["labeled"].labeled and not splits["unlabeled"].labeled
+    unlabeled = base["unlabeled"].num_examples + pool - pool // 2
+    assert splits["unlabeled"].num_examples == unlabeled
+    assert math.isclose(half.hours, splits["labeled"].hours)
+    assert schema.ORACLE_TEXT_FIELD in splits["unlabeled"].extra_fields
+    assert all(splits[s] == base[s] for s in ("dev", "test", "test_clean"))  # not copied
+    shards = {f: os.stat(f).st_mtime_ns for s in splits.values() for f in s.files}
+    assert share(0.5) == half  # found: nothing is rewritten
+    assert {f: os.stat(f).st_mtime_ns for f in shards} == shards
+
+    full = share(1.0)
+    assert (full.corpus, full.utterances) == ("embedded_tiny_f100", pool)
+    assert registry.splits("embedded_tiny_f100") == base
+    for corpus in ("embedded_tiny_f50", "embedded_tiny_f100"):
+        assert (tmp_path / "vocab" / f"{corpus}_32.model").is_file()
+
+
+def _run_experiment(data_dir, *args):
+    env = dict(os.environ, BIGSSL_DATA_DIR=str(data_dir))
+    argv = [sys.executable, "-m", "bigssl_jax.cli", "experiment", *args]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1200)
+
+
+def test_bad_experiment_and_fractions_are_one_line_errors(tmp_path):
+    unknown = _run_experiment(tmp_path, "data-inefficiency")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == (
+        "experiment: unknown experiment 'data-inefficiency' (known: data-efficiency)"
+    )
+    for fractions in ("0.5,1.5", "half"):
+        bad = _run_experiment(tmp_path, "data-efficiency", f"--fractions={fractions}")
+        assert bad.returncode == 1
+        assert bad.stderr.startswith("experiment: ") and len(bad.stderr.splitlines()) == 1
+
+
+def test_smoke_data_efficiency_runs_every_arm_then_skips_them(tmp_path):
+    # One fraction keeps this within the CI budget (each stage is a `bigssl` process);
+    # fraction 1.0 is covered by test_labeled_shares_of_the_tiny_corpus.
+    args = ("data-efficiency", "--preset=smoke", "--fractions=0.5", "--seeds=0", "--jobs=1")
+    first = _run_experiment(tmp_path, *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    registry = json.loads((tmp_path / "registry.json").read_text())["corpora"]
+    base, half = registry["embedded_tiny"]["splits"], registry["embedded_tiny_f50"]["splits"]
+    pool = base["labeled"]["num_examples"]
+    assert half["labeled"]["num_examples"] == pool // 2
+    unlabeled = base["unlabeled"]["num_examples"] + pool - pool // 2
+    assert half["unlabeled"]["num_examples"] == unlabeled
+    assert (tmp_path / "vocab" / "embedded_tiny_f50_64.model").is_file()
+
+    work = tmp_path / "experiments" / "data_efficiency" / "smoke"
+    assert (work / "pretrain" / "DONE").exists()
+    stages = ("supervised", "pretrained", "pseudo_label", "self_trained")
+    for stage in (*stages, *(f"evaluate_{arm}" for arm in data_efficiency.ARMS)):
+        assert (work / "f50_s0" / stage / "DONE").exists(), stage
+    results = json.loads((work / "results.json").read_text())
+    assert [row["arm"] for row in results["rows"]] == list(data_efficiency.ARMS)
+    for row in results["rows"]:
+        assert (row["fraction"], row["seed"], row["labeled_utterances"]) == (0.5, 0, pool // 2)
+        assert set(row["wer"]) == {"dev", "test", "test_clean"}
+    assert [m["arm"] for m in results["means"]] == list(data_efficiency.ARMS)
+    assert (work / "results.png").stat().st_size > 0
+    assert (work / "results.md").read_text().strip() in first.stdout
+    assert "| 50% |" in first.stdout and "WER reduction, self_trained vs supervised" in first.stdout
+
+    second = _run_experiment(tmp_path, *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "[corpus] found" in second.stdout and "[pretrain] found" in second.stdout
+    # The corpus, two vocabularies, the pre-training, and f50_s0's four runs and three scores.
+    assert "done:" not in second.stdout and second.stdout.count("] found") == 1 + 2 + 1 + 7
