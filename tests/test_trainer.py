@@ -307,7 +307,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_parameters(tmp_path):
     "name, corpus, num_layers, model_dim, num_steps",
     [
         ("experiments/pretrain_best_rq_smoke.gin", "embedded_tiny", 2, 64, 4),
-        ("experiments/pretrain_best_rq_small.gin", "embedded_small", 4, 256, 600),
+        ("experiments/pretrain_best_rq_small.gin", "embedded_small", 4, 144, 1500),
     ],
 )
 def test_experiment_gins_build(name, corpus, num_layers, model_dim, num_steps):
