@@ -35,7 +35,7 @@ import sys
 import time
 
 from bigssl_jax import paths
-from bigssl_jax.data import prepare, synthetic_corpus
+from bigssl_jax.data import prepare, sources, synthetic_corpus
 from bigssl_jax.data import registry as registry_lib
 
 DONE = "DONE"
@@ -102,6 +102,16 @@ def print_stage(name: str, message: str, start: float) -> None:
 
 class StageError(RuntimeError):
     """A stage's subprocess failed; the message names the stage and its log."""
+
+
+# What a pipeline or experiment command reports as one line (exit code 1), not a traceback.
+USER_ERRORS = (
+    synthetic_corpus.CorpusError,
+    prepare.PrepareError,
+    sources.SourceError,
+    StageError,
+    OSError,
+)
 
 
 @dataclasses.dataclass(frozen=True)

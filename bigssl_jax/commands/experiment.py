@@ -20,7 +20,6 @@ from absl import flags
 
 from bigssl_jax import data_efficiency, pipeline
 from bigssl_jax.commands import common_flags
-from bigssl_jax.data import prepare, sources, synthetic_corpus
 
 TAKES_ARGUMENTS = True  # the experiment's name
 
@@ -78,13 +77,6 @@ def main(argv) -> int:
         return 1
     try:
         return _data_efficiency()
-    except (
-        ValueError,
-        synthetic_corpus.CorpusError,
-        prepare.PrepareError,
-        sources.SourceError,
-        pipeline.StageError,
-        OSError,
-    ) as error:
+    except (ValueError, *pipeline.USER_ERRORS) as error:
         print(f"experiment: {error}", file=sys.stderr)
         return 1

@@ -11,7 +11,6 @@ from absl import flags
 
 from bigssl_jax import pipeline
 from bigssl_jax.commands import common_flags
-from bigssl_jax.data import prepare, sources, synthetic_corpus
 
 _PRESET = flags.DEFINE_enum(
     "preset", "demo", list(pipeline.PRESETS), "What to run: smoke (tiny corpus) or demo (small)."
@@ -28,12 +27,6 @@ def main(argv) -> int:
             # Corpus synthesis output does not depend on --jobs: use every core by default.
             jobs=common_flags.JOBS.value if common_flags.JOBS.present else os.cpu_count() or 1,
         )
-    except (
-        synthetic_corpus.CorpusError,
-        prepare.PrepareError,
-        sources.SourceError,
-        pipeline.StageError,
-        OSError,
-    ) as error:
+    except pipeline.USER_ERRORS as error:
         print(f"pipeline: {error}", file=sys.stderr)
         return 1
