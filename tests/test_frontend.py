@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigssl_jax.layers import frontend
+from bigssl_jax.layers import frontend, quantizers
 
 CONFIG = frontend.LogMelConfig()
 # log(max(mel, floor)) of tf.signal vs ours: float32 FFT rounding of different FFT codes.
@@ -127,25 +127,36 @@ def test_frontend_module_has_no_params_and_equals_functions(normalize):
     got = module.apply(variables, audio, paddings)
     features, feature_paddings = frontend.log_mel(audio, paddings, config)
     if normalize:
-        features = frontend.normalize_per_utterance(features, feature_paddings)
+        features = quantizers.normalize_over_time(
+            features, feature_paddings, eps=frontend.NORMALIZE_EPSILON
+        )
     np.testing.assert_array_equal(got[0], features)
     np.testing.assert_array_equal(got[1], feature_paddings)
 
 
-def test_per_utterance_normalization_matches_numpy_over_valid_frames():
+def test_frontend_normalization_matches_numpy_over_valid_frames():
     rng = np.random.default_rng(0)
-    features = rng.normal(-6.0, 3.0, size=(3, 20, 4)).astype(np.float32)
-    lengths = [20, 13, 1]
-    paddings = (np.arange(20)[None, :] >= np.array(lengths)[:, None]).astype(np.float32)
-    got = np.asarray(frontend.normalize_per_utterance(features, paddings))
-    for row, length in enumerate(lengths):
-        valid = features[row, :length].astype(np.float64)
-        want = (valid - valid.mean(0)) / np.sqrt(valid.var(0) + 1e-2)
-        np.testing.assert_allclose(got[row, :length], want, atol=1e-4)
-        np.testing.assert_array_equal(got[row, length:], 0.0)
-    # A level change (a constant added to the log-mel) drops out.
-    shifted = np.asarray(frontend.normalize_per_utterance(features + 2.5, paddings))
-    np.testing.assert_allclose(shifted, got, atol=1e-4)
+    t = np.arange(4000) / CONFIG.sample_rate
+    audio = np.stack(
+        [
+            a * np.sin(2 * np.pi * f * t) + 0.02 * rng.standard_normal(t.size)
+            for a, f in ((0.3, 440.0), (0.1, 1300.0), (0.5, 3100.0))
+        ]
+    ).astype(np.float32)  # no silence: no bin sits at the log floor
+    lengths = [4000, 2600, 500]
+    paddings = (np.arange(4000)[None, :] >= np.array(lengths)[:, None]).astype(np.float32)
+    module = frontend.LogMelFrontend(CONFIG)
+    got, feature_paddings = (np.asarray(x) for x in module.apply({}, audio, paddings))
+    raw, _ = frontend.log_mel(audio, paddings, dataclasses.replace(CONFIG, normalize=False))
+    for row in range(3):
+        valid = feature_paddings[row] == 0.0
+        x = np.asarray(raw[row], np.float64)[valid]
+        want = (x - x.mean(0)) / np.sqrt(x.var(0) + frontend.NORMALIZE_EPSILON)
+        np.testing.assert_allclose(got[row][valid], want, atol=1e-4)
+        np.testing.assert_array_equal(got[row][~valid], 0.0)
+    # A level change (a gain on the audio: a constant added to the log-mel) drops out.
+    louder, _ = module.apply({}, 4.0 * audio, paddings)
+    np.testing.assert_allclose(np.asarray(louder), got, atol=1e-3)
 
 
 @pytest.mark.parametrize(

@@ -54,8 +54,7 @@ def test_targets_are_the_quantizer_codes_of_unmasked_features():
     assert outs[0].logits.shape == (2, 12, 1, 64)
     assert not np.any(np.asarray(outs[0].mask) & (np.asarray(outs[0].paddings) > 0.5))
     # The same codes from the quantiser alone, on stacked normalised log-mel frames.
-    features, paddings = frontend.log_mel(*args, frontend.LogMelConfig())
-    features = frontend.normalize_per_utterance(features, paddings)
+    features, paddings = frontend.LogMelFrontend(frontend.LogMelConfig()).apply({}, *args)
     stacked, frame_paddings = quantizers.stack_frames(features, paddings, 4)
     ids = quantizers.RandomProjectionQuantizer(codebook_size=64, code_dim=16).apply(
         {"frozen": variables["frozen"]["quantizer"]}, stacked, frame_paddings

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigssl_jax.layers import quantizers
+
 # ------------------------------------------------------------------------------------------------
 # Log-mel features
 # ------------------------------------------------------------------------------------------------
@@ -45,7 +47,7 @@ class LogMelConfig:
       log_floor: magnitudes are clamped to this floor before the log (log(1e-5) ~ -11.5 is the
         value of silence for audio scaled to [-1, 1]).
       normalize: `LogMelFrontend` standardises every utterance's features per mel band over
-        its valid frames (`normalize_per_utterance`), so recording level drops out and the
+        its valid frames (see `LogMelFrontend`), so recording level drops out and the
         SpecAugment / padding value 0.0 is the utterance mean rather than a loud bin; False
         feeds the raw log-mel (the `log_mel` function itself never normalises).
     """
@@ -194,40 +196,18 @@ def log_mel(
     return features, feature_paddings
 
 
-def normalize_per_utterance(
-    features: jax.Array, paddings: jax.Array, epsilon: float = 1e-2
-) -> jax.Array:
-    """Standardises each utterance's features per band over its valid frames.
-
-    With m[t] = 1 - paddings[t] and n = max(sum_t m[t], 1), per utterance and band f:
-      mean[f] = sum_t m[t] x[t, f] / n
-      var[f]  = sum_t m[t] (x[t, f] - mean[f])^2 / n
-      out[t, f] = m[t] (x[t, f] - mean[f]) / sqrt(var[f] + epsilon)
-    Padded frames stay 0, and the valid frames do not depend on the padding (statistics over
-    valid frames only).
-
-    Args:
-      features: [B, T, F] float32.
-      paddings: [B, T] float32, 1.0 at padded frames.
-      epsilon: added to the variance: a band that barely varies (std well under 0.1 nats,
-        e.g. digital silence at the log floor) stays near 0 instead of having its rounding
-        noise blown up to unit variance.
-
-    Returns:
-      [B, T, F] float32.
-    """
-    mask = (1.0 - paddings)[..., None]
-    count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)
-    mean = jnp.sum(features * mask, axis=1, keepdims=True) / count
-    centred = (features - mean) * mask
-    variance = jnp.sum(jnp.square(centred), axis=1, keepdims=True) / count
-    return centred * jax.lax.rsqrt(variance + epsilon)
+# Added to each band's variance by the front end's normalisation: a band that barely varies
+# (std well under 0.1 nats, e.g. digital silence at the log floor) stays near 0 instead of
+# having its rounding noise blown up to unit variance.
+NORMALIZE_EPSILON = 1e-2
 
 
 class LogMelFrontend(nn.Module):
-    """Parameter-free front end: `log_mel`, then (config.normalize) `normalize_per_utterance`.
+    """Parameter-free front end: `log_mel`, then (config.normalize) per-utterance normalisation.
 
-    ([B, S] audio, [B, S] paddings) -> ([B, T, F] features, [B, T] paddings).
+    ([B, S] audio, [B, S] paddings) -> ([B, T, F] features, [B, T] paddings). Normalisation
+    is `quantizers.normalize_over_time` (each band standardised over the utterance's valid
+    frames, epsilon `NORMALIZE_EPSILON`), with padded frames kept at 0 as `log_mel` leaves them.
     """
 
     config: LogMelConfig
@@ -236,7 +216,10 @@ class LogMelFrontend(nn.Module):
     def __call__(self, audio: jax.Array, paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
         features, feature_paddings = log_mel(audio, paddings, self.config)
         if self.config.normalize:
-            features = normalize_per_utterance(features, feature_paddings)
+            valid = (1.0 - feature_paddings)[..., None]
+            features = valid * quantizers.normalize_over_time(
+                features, feature_paddings, eps=NORMALIZE_EPSILON
+            )
         return features, feature_paddings
 
 
