@@ -4,6 +4,7 @@
 `common_flags.data_dir()` without defining `--data_dir` itself.
 """
 
+import os
 import pathlib
 
 from absl import flags
@@ -34,6 +35,11 @@ BEAM_SIZE = flags.DEFINE_integer(
 DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Data directory; default $BIGSSL_DATA_DIR, else ./bigssl_data."
 )
+
+
+def jobs_or_all_cores() -> int:
+    """`--jobs` if given, else every core: for commands whose outputs do not depend on it."""
+    return JOBS.value if JOBS.present else os.cpu_count() or 1
 
 
 def data_dir() -> pathlib.Path:

@@ -13,7 +13,6 @@ Exit codes: 0 done; 1 an unknown experiment, bad flags or a failed stage (one li
 stderr naming its log); 2 no experiment named.
 """
 
-import os
 import sys
 
 from absl import flags
@@ -56,8 +55,8 @@ def _data_efficiency() -> int:
         fractions=fractions,
         seeds=seeds,
         data_seed=common_flags.SEED.value,
-        # Corpus synthesis output does not depend on --jobs: use every core by default.
-        jobs=common_flags.JOBS.value if common_flags.JOBS.present else os.cpu_count() or 1,
+        # Corpus synthesis output does not depend on --jobs.
+        jobs=common_flags.jobs_or_all_cores(),
     )
 
 

@@ -4,7 +4,6 @@ bigssl pipeline --preset=demo      # the small corpus (~2,500 utterances)
 bigssl pipeline --preset=smoke     # the tiny corpus, a few steps per stage (minutes)
 """
 
-import os
 import sys
 
 from absl import flags
@@ -24,8 +23,8 @@ def main(argv) -> int:
             _PRESET.value,
             data_dir=common_flags.data_dir(),
             seed=common_flags.SEED.value,
-            # Corpus synthesis output does not depend on --jobs: use every core by default.
-            jobs=common_flags.JOBS.value if common_flags.JOBS.present else os.cpu_count() or 1,
+            # Corpus synthesis output does not depend on --jobs.
+            jobs=common_flags.jobs_or_all_cores(),
         )
     except pipeline.USER_ERRORS as error:
         print(f"pipeline: {error}", file=sys.stderr)
