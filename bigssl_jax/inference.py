@@ -10,6 +10,11 @@ rebuilds `ExperimentConfig.model` from that gin (unless gin was already parsed b
 caller, e.g. from `--gin_file`), points its `vocabulary` at the run's copy, and restores
 the params of the chosen step (the latest unless a step directory is given). Variables
 are placed on one device.
+
+`with_fusion_lm` shallow-fuses the Transformer LM of a `bigssl train-lm` run into an ASR
+model's beam search (evaluate, transcribe and pseudo-label share it):
+
+    model = inference.with_fusion_lm(loaded.model, "/runs/lm", lm_weight=0.3)
 """
 
 import dataclasses
@@ -122,3 +127,47 @@ def load_model(checkpoint: os.PathLike | str) -> LoadedModel:
     model = with_run_vocabulary(model, run_dir)
     params = restore_params(model, step_dir)
     return LoadedModel(model, {"params": params}, run_dir, int(step_dir.name))
+
+
+def with_fusion_lm(model: Any, checkpoint: os.PathLike | str | None, lm_weight: float | None):
+    """`model` (CTC or RNN-T) shallow-fused with the LM of a `bigssl train-lm` run.
+
+    The LM's cache holds `model.decoding.max_output_length + 1` positions (the longest
+    hypothesis the search can build). Loading the LM parses its run's `config.gin` after
+    clearing gin, so the caller reads everything it needs from gin first.
+
+    Args:
+      model: an ASR model with `decoding` and `lm` fields, beam search configured.
+      checkpoint: the LM run (run, checkpoints/ or step directory); None returns `model`
+        with only `lm_weight` applied.
+      lm_weight: the fusion weight; None keeps `model.decoding.lm_weight`.
+
+    Raises:
+      FileNotFoundError: no finalised checkpoint at `checkpoint`.
+      ValueError: a model that does not decode, not an LM run, a different vocabulary size,
+        or greedy decoding (shallow fusion is a beam-search feature).
+    """
+    if not hasattr(model, "decoding"):
+        raise ValueError(f"{type(model).__name__} does not decode: no LM to fuse into")
+    decoding = model.decoding
+    if lm_weight is not None:
+        decoding = dataclasses.replace(decoding, lm_weight=lm_weight)
+    if checkpoint is None:
+        return dataclasses.replace(model, decoding=decoding)
+    if decoding.beam_size == 1:
+        raise ValueError(f"fusing the LM {checkpoint} needs beam search: pass --beam_size > 1")
+    import gin
+
+    gin.clear_config()
+    loaded = load_model(checkpoint)
+    if not hasattr(loaded.model, "fusion_lm"):
+        raise ValueError(f"{checkpoint} is not a `bigssl train-lm` run (no fusion_lm)")
+    config = loaded.model.config
+    if config.vocab_size != model.vocab_size:
+        raise ValueError(
+            f"the LM {checkpoint} has {config.vocab_size} tokens, the ASR model "
+            f"{model.vocab_size}: they must share the vocabulary"
+        )
+    max_length = min(decoding.max_output_length + 1, config.max_length)
+    lm = loaded.model.fusion_lm(loaded.variables, max_length=max_length)
+    return dataclasses.replace(model, decoding=decoding, lm=lm)

@@ -1,4 +1,5 @@
-"""`bigssl train` (fine-tuning gins), `bigssl evaluate` and `bigssl transcribe` end to end."""
+"""`bigssl train` (fine-tuning gins), `bigssl evaluate` and `bigssl transcribe` end to end,
+and shallow fusion of a `bigssl train-lm` run into them."""
 
 import json
 import os
@@ -8,7 +9,11 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+from test_pseudo_label import ENCODER
+from test_pseudo_label_command import write_lm_run
 
+from bigssl_jax import inference
+from bigssl_jax.models import ctc_model
 from bigssl_tasks import toy_corpus, vocab
 
 CORPUS = "embedded_tiny"
@@ -82,6 +87,33 @@ def test_evaluate_writes_every_split_and_a_summary(ctc_run, data_dir, tmp_path):
     assert "evaluate: test: wer" in done.stdout
     worst = json.loads((tmp_path / "test" / "worst.json").read_text())
     assert len(worst) == 8 and worst[0]["errors"] >= worst[-1]["errors"]
+
+
+def test_evaluate_fuses_a_language_model_of_the_same_vocabulary(ctc_run, data_dir, tmp_path):
+    write_lm_run(tmp_path / "lm", vocab_size=64)
+    flags = [f"--checkpoint={ctc_run}", f"--data_dir={data_dir}", "--beam_size=2"]
+    done = _bigssl(
+        "evaluate", *flags, f"--lm_checkpoint={tmp_path / 'lm'}", "--lm_weight=0.5",
+        f"--output_dir={tmp_path / 'fused'}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "fused" / "results.json").read_text())
+    assert set(results["results"]) == {"dev", "test"} and results["lm"] == str(tmp_path / "lm")
+    assert results["decoding"]["lm_weight"] == 0.5 and results["decoding"]["beam_size"] == 2
+    write_lm_run(tmp_path / "lm40", vocab_size=40)
+    mismatched = _bigssl("evaluate", *flags, f"--lm_checkpoint={tmp_path / 'lm40'}")
+    assert mismatched.returncode == 1
+    assert "must share the vocabulary" in mismatched.stderr.strip().splitlines()[-1]
+
+
+def test_fusion_needs_beam_search_and_a_decoding_model():
+    greedy = ctc_model.CtcTrainModel(encoder=ENCODER, vocab_size=40)
+    with pytest.raises(ValueError, match="needs beam search"):
+        inference.with_fusion_lm(greedy, "/runs/lm", 0.3)
+    weighted = inference.with_fusion_lm(greedy, None, 0.3)
+    assert weighted.decoding.lm_weight == 0.3 and weighted.lm is None
+    with pytest.raises(ValueError, match="does not decode"):
+        inference.with_fusion_lm(object(), "/runs/lm", 0.3)
 
 
 def test_transcribe_reads_any_rate_and_reports_bad_input_in_one_line(ctc_run, tmp_path):

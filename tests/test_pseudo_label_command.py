@@ -59,7 +59,7 @@ def write_teacher_run(run_dir, vocabulary: str) -> None:
     checkpointer.close()
 
 
-def write_lm_run(run_dir) -> None:
+def write_lm_run(run_dir, vocab_size: int = 40) -> None:
     """A `bigssl train-lm`-style run directory holding a tiny Transformer LM at step 1."""
     import jax
     from flax import linen as nn
@@ -68,7 +68,7 @@ def write_lm_run(run_dir) -> None:
     from bigssl_jax.models import transformer_lm
 
     config = transformer_lm.TransformerLmConfig(
-        vocab_size=40, model_dim=16, num_layers=1, num_heads=2, mlp_dim=32, max_length=32
+        vocab_size=vocab_size, model_dim=16, num_layers=1, num_heads=2, mlp_dim=32, max_length=32
     )
     model = transformer_lm.LmTrainModel(config=config)
     variables = model.init_variables(jax.random.key(1), inference.example_batch())

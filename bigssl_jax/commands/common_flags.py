@@ -32,6 +32,14 @@ CHECKPOINT = flags.DEFINE_string(
 BEAM_SIZE = flags.DEFINE_integer(
     "beam_size", None, "Decode with this many hypotheses (default: the run's DecodingConfig)."
 )
+LM_CHECKPOINT = flags.DEFINE_string(
+    "lm_checkpoint",
+    None,
+    "A `bigssl train-lm` run (same vocabulary) to shallow-fuse into the beam search.",
+)
+LM_WEIGHT = flags.DEFINE_float(
+    "lm_weight", None, "Shallow-fusion weight of --lm_checkpoint (default: the run's)."
+)
 DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Data directory; default $BIGSSL_DATA_DIR, else ./bigssl_data."
 )

@@ -2,14 +2,17 @@
 
     bigssl evaluate --checkpoint=/runs/ctc --data_dir=/tmp/demo
     bigssl evaluate --checkpoint=/runs/ctc/checkpoints/3000 --splits=test --beam_size=8
+    bigssl evaluate --checkpoint=/runs/ctc --beam_size=8 --lm_checkpoint=/runs/lm --lm_weight=0.3
 
 Rebuilds the model from the run's `config.gin` (or `--gin_file`), restores the checkpoint
 (`bigssl_jax.inference`), and for each split runs `model.score` over the whole split (eval
 input settings from the gin's `eval/InputConfig`, one pass, no shuffling): WER and CER for
 ASR models, accuracy and a confusion matrix for classifiers. Writes per split
 `<output_dir>/<split>/` (the report's files: `wer.json`, `transcripts.tsv`, `worst.json` for
-ASR), `<output_dir>/results.json` with every split's metrics, and TensorBoard scalars
-`<split>/<metric>` at the checkpoint's step; prints one line per split.
+ASR), `<output_dir>/results.json` with every split's metrics and the decoding settings, and
+TensorBoard scalars `<split>/<metric>` at the checkpoint's step; prints one line per split.
+`--lm_checkpoint` (a `bigssl train-lm` run over the same vocabulary) shallow-fuses its LM
+into the beam search with weight `--lm_weight` (`inference.with_fusion_lm`).
 
 Exit codes: 0 done; 1 a missing checkpoint, corpus or vocabulary (one line on stderr).
 """
@@ -32,8 +35,18 @@ _MAX_BATCHES = flags.DEFINE_integer(
 )
 
 
-def evaluate(checkpoint: str, data_dir, splits, output_dir, beam_size, max_batches) -> dict:
+def evaluate(
+    checkpoint: str,
+    data_dir,
+    splits,
+    output_dir,
+    beam_size,
+    max_batches,
+    lm_checkpoint=None,
+    lm_weight=None,
+) -> dict:
     """Scores the checkpoint on each split; returns {split: metrics}."""
+    import dataclasses
     import itertools
 
     import jax
@@ -48,16 +61,21 @@ def evaluate(checkpoint: str, data_dir, splits, output_dir, beam_size, max_batch
     model = asr.with_beam_size(loaded.model, beam_size)
     experiment = configurables.ExperimentConfig()
     names = train_command.register_tasks(experiment, data_dir)
+    tasks = {s: corpus_tasks.task_name(experiment.corpus, s, experiment.task_kind) for s in splits}
+    inputs = {
+        split: train_command.eval_input_config(task, model)
+        for split, task in tasks.items()
+        if task in names
+    }
+    if lm_checkpoint is not None or lm_weight is not None:
+        model = inference.with_fusion_lm(model, lm_checkpoint, lm_weight)  # clears gin
     output_dir = paths.as_path(output_dir or loaded.run_dir / "evaluate" / str(loaded.step))
     writer = metric_writers.create_default_writer(
         str(output_dir), just_logging=jax.process_index() > 0
     )
     results = {}
-    for split in splits:
-        task = corpus_tasks.task_name(experiment.corpus, split, experiment.task_kind)
-        if task not in names:
-            continue
-        batches = input_pipeline.make_iterator(train_command.eval_input_config(task, model))
+    for split, input_config in inputs.items():
+        batches = input_pipeline.make_iterator(input_config)
         report = model.score(loaded.variables, itertools.islice(batches, max_batches))
         report.write(output_dir / split)
         results[split] = dict(report.metrics)
@@ -67,6 +85,9 @@ def evaluate(checkpoint: str, data_dir, splits, output_dir, beam_size, max_batch
     writer.flush()
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = {"checkpoint": str(checkpoint), "step": loaded.step, "results": results}
+    if hasattr(model, "decoding"):
+        summary["decoding"] = dataclasses.asdict(model.decoding)
+        summary["lm"] = str(lm_checkpoint or "")
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     return results
 
@@ -87,6 +108,8 @@ def main(argv) -> int:
             _OUTPUT_DIR.value,
             common_flags.BEAM_SIZE.value,
             _MAX_BATCHES.value,
+            common_flags.LM_CHECKPOINT.value,
+            common_flags.LM_WEIGHT.value,
         )
     except (FileNotFoundError, ValueError, registry_lib.CorpusNotFoundError) as error:
         print(f"evaluate: {error}", file=sys.stderr)

@@ -40,10 +40,6 @@ _BUCKET_SECONDS = flags.DEFINE_list(
 _MAX_OUTPUT_LENGTH = flags.DEFINE_integer(
     "max_output_length", None, "Longest transcript in tokens; default the run's decoding."
 )
-_LM_CHECKPOINT = flags.DEFINE_string(
-    "lm_checkpoint", None, "A `bigssl train-lm` run to shallow-fuse into the beam search."
-)
-_LM_WEIGHT = flags.DEFINE_float("lm_weight", None, "Shallow-fusion weight of --lm_checkpoint.")
 _MIN_CONFIDENCE = flags.DEFINE_float(
     "min_confidence", None, "Drop labels with exp(log p / (tokens + 1)) below this."
 )
@@ -55,46 +51,24 @@ _NORMALIZATION = flags.DEFINE_enum(
 )
 
 
-def _fusion_lm(checkpoint: str, teacher_model, decoding):
-    """The Transformer LM of a `bigssl train-lm` run, as a fusion LM for `decoding`."""
-    import gin
-
-    from bigssl_jax import inference
-
-    gin.clear_config()  # the teacher is built; the LM run's own config rebuilds the LM
-    loaded = inference.load_model(checkpoint)
-    if not hasattr(loaded.model, "fusion_lm"):
-        raise ValueError(f"--lm_checkpoint {checkpoint} is not a `bigssl train-lm` run")
-    config = loaded.model.config
-    if config.vocab_size != teacher_model.vocab_size:
-        raise ValueError(
-            f"--lm_checkpoint {checkpoint} has {config.vocab_size} tokens, the teacher "
-            f"{teacher_model.vocab_size}: they must share the vocabulary"
-        )
-    max_length = min(decoding.max_output_length + 1, config.max_length)
-    return loaded.model.fusion_lm(loaded.variables, max_length=max_length)
-
-
 def _teacher(checkpoint: str):
     """(the teacher with the decoding flags and fusion LM applied, the LM's identity)."""
-    from bigssl_jax import checkpointing, pseudo_label
+    from bigssl_jax import checkpointing, inference, pseudo_label
 
     teacher = pseudo_label.load_teacher(checkpoint)
+    if not teacher.model.vocabulary:
+        raise ValueError(f"the teacher at {checkpoint} has no vocabulary (vocabulary.model)")
     overrides = {
         "beam_size": common_flags.BEAM_SIZE.value,
         "max_output_length": _MAX_OUTPUT_LENGTH.value,
-        "lm_weight": _LM_WEIGHT.value,
     }
     decoding = dataclasses.replace(
         teacher.model.decoding, **{k: v for k, v in overrides.items() if v is not None}
     )
-    lm, lm_name = None, ""
-    if _LM_CHECKPOINT.value:
-        lm = _fusion_lm(_LM_CHECKPOINT.value, teacher.model, decoding)
-        lm_name = str(checkpointing.resolve_init_checkpoint(_LM_CHECKPOINT.value))
-    if not teacher.model.vocabulary:
-        raise ValueError(f"the teacher at {checkpoint} has no vocabulary (vocabulary.model)")
-    model = dataclasses.replace(teacher.model, decoding=decoding, lm=lm)
+    model = dataclasses.replace(teacher.model, decoding=decoding)
+    lm_checkpoint = common_flags.LM_CHECKPOINT.value
+    model = inference.with_fusion_lm(model, lm_checkpoint, common_flags.LM_WEIGHT.value)
+    lm_name = str(checkpointing.resolve_init_checkpoint(lm_checkpoint)) if lm_checkpoint else ""
     return dataclasses.replace(teacher, model=model), lm_name
 
 

@@ -2,11 +2,13 @@
 
     bigssl transcribe --checkpoint=/runs/ctc a.wav b.flac c.mp3
     bigssl transcribe --checkpoint=/runs/rnnt --beam_size=8 --json clip.ogg
+    bigssl transcribe --checkpoint=/runs/ctc --beam_size=8 --lm_checkpoint=/runs/lm clip.wav
 
 Any format and sample rate libsndfile reads (plus raw PCM with `--sample_rate`); audio is
 downmixed and resampled to 16 kHz (`bigssl_jax.data.audio_io`). Files are decoded in
 batches of `--batch_size`, each padded to a multiple of one second so that few shapes are
 compiled. Prints `path<TAB>transcript` per file (or one JSON object per line).
+`--lm_checkpoint` / `--lm_weight` shallow-fuse a `bigssl train-lm` run into the beam search.
 
 Exit codes: 0 done; 1 an unreadable audio file or a missing checkpoint (one line on stderr
 naming it; nothing is transcribed).
@@ -91,6 +93,9 @@ def main(argv) -> int:
         model = asr.with_beam_size(loaded.model, common_flags.BEAM_SIZE.value)
         if not hasattr(model, "decode"):
             raise ValueError(f"the model of {loaded.run_dir} does not transcribe (no decode)")
+        lm_checkpoint, lm_weight = common_flags.LM_CHECKPOINT.value, common_flags.LM_WEIGHT.value
+        if lm_checkpoint is not None or lm_weight is not None:
+            model = inference.with_fusion_lm(model, lm_checkpoint, lm_weight)
         texts = transcribe(model, loaded.variables, waves, _BATCH_SIZE.value)
     except (FileNotFoundError, ValueError) as error:
         print(f"transcribe: {error}", file=sys.stderr)
