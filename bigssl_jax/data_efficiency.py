@@ -24,7 +24,8 @@ Stages (each finds its finished output and skips; interrupted training resumes):
              corpus's labeled and unlabeled splits too. Each gets its own vocabulary, trained
              on its labeled split.
 3. pretrain: one self-supervised pre-training on the corpus, shared by every fraction (the
-             unlabeled audio it sees is unlabeled in every fraction).
+             unlabeled audio it sees is unlabeled in every fraction); the pipeline's own
+             pre-training of the preset (`bigssl pipeline`), the same run, when it is done.
 4. arms:     per fraction and seed, the three arms with `CORPUS = '<corpus>_f<pct>'` and
              `TrainerConfig.seed = <seed>` bound.
 5. evaluate: WER of every model on dev, test and test_clean, then `results.json` (one row
@@ -82,6 +83,18 @@ def fraction_tag(fraction: float) -> str:
 def work_dir(data_dir: os.PathLike, preset_name: str) -> pathlib.Path:
     """`<data_dir>/experiments/data_efficiency/<preset>`."""
     return pathlib.Path(data_dir) / "experiments" / "data_efficiency" / preset_name
+
+
+def shared_pretraining(runner: pipeline.Runner, pipeline_dir: pathlib.Path) -> pathlib.Path:
+    """The pre-training every arm starts from: the finished `pretrain` stage of the pipeline
+    in `pipeline_dir` (same preset, corpus, gin and bindings), else `runner`'s own."""
+    start = time.perf_counter()
+    finished = pipeline_dir / "pretrain"
+    if (finished / pipeline.DONE).exists():
+        pipeline.print_stage("pretrain", f"found the pipeline's {finished}", start)
+        return finished
+    preset = runner.preset
+    return runner.train("pretrain", preset.pretrain_gin, preset.pretrain_bindings)
 
 
 def make_labeled_share(
@@ -302,7 +315,7 @@ def run(
     ]
     out_dir = work_dir(data_dir, preset_name)
     base = pipeline.Runner(preset, corpus, pathlib.Path(data_dir), out_dir)
-    pretrained = base.train("pretrain", preset.pretrain_gin, preset.pretrain_bindings)
+    pretrained = shared_pretraining(base, pipeline.work_dir(data_dir, preset_name))
     rows = []
     for share in shares:
         for seed in seeds:

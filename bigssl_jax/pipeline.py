@@ -326,6 +326,11 @@ def prepare_inputs(preset: PipelinePreset, *, data_dir: os.PathLike, seed: int, 
     return corpus
 
 
+def work_dir(data_dir: os.PathLike, preset_name: str) -> pathlib.Path:
+    """`<data_dir>/pipeline/<preset>`: where the pipeline of `preset_name` runs its stages."""
+    return pathlib.Path(data_dir) / "pipeline" / preset_name
+
+
 def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1) -> int:
     """Runs every stage of `preset_name`; returns the exit code (0 = all stages done).
 
@@ -334,9 +339,8 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
     """
     preset = PRESETS[preset_name]
     corpus = prepare_inputs(preset, data_dir=data_dir, seed=seed, jobs=jobs)
-    work_dir = pathlib.Path(data_dir) / "pipeline" / preset_name
-    runner = Runner(preset, corpus, pathlib.Path(data_dir), work_dir)
+    runner = Runner(preset, corpus, pathlib.Path(data_dir), work_dir(data_dir, preset_name))
     results = _evaluate(runner, _semi_supervised_stages(runner))
-    print(f"\nWER (%) on {corpus} ({work_dir / 'results.png'}):\n")
+    print(f"\nWER (%) on {corpus} ({runner.work_dir / 'results.png'}):\n")
     print(results_table(results), flush=True)
     return 0

@@ -134,6 +134,23 @@ def _run_experiment(data_dir, *args):
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1200)
 
 
+def test_pretraining_is_the_pipelines_when_it_is_done(tmp_path, monkeypatch):
+    from bigssl_jax import pipeline
+
+    runner = pipeline.Runner(pipeline.PRESETS["smoke"], "c", tmp_path, tmp_path / "experiment")
+    trained = []
+    monkeypatch.setattr(pipeline.Runner, "run", lambda self, name, *args: trained.append(name))
+    pipeline_dir = pipeline.work_dir(tmp_path, "smoke")
+    assert pipeline_dir == tmp_path / "pipeline" / "smoke"
+
+    data_efficiency.shared_pretraining(runner, pipeline_dir)
+    assert trained == ["pretrain"]  # no finished pipeline pre-training: its own
+    (pipeline_dir / "pretrain").mkdir(parents=True)
+    (pipeline_dir / "pretrain" / pipeline.DONE).write_text("{}\n")
+    assert data_efficiency.shared_pretraining(runner, pipeline_dir) == pipeline_dir / "pretrain"
+    assert trained == ["pretrain"]
+
+
 def test_bad_experiment_and_fractions_are_one_line_errors(tmp_path):
     unknown = _run_experiment(tmp_path, "data-inefficiency")
     assert unknown.returncode == 1
