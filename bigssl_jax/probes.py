@@ -16,8 +16,10 @@ part of S that `bigssl_tasks.classification_tasks.is_heldout` keeps out / holds 
 `speaker:unlabeled.fit:unlabeled.heldout` (speaker ID on held-out utterances of the training
 speakers) or `accent:labeled:dev` (accent ID on unseen speakers).
 
-Reports: probes.json (numbers), probes.md (one table per probe: eval accuracy per layer,
-this run next to baseline runs, e.g. a randomly initialised encoder) and probes.png.
+Reports: probes.json (numbers, and which eval utterances each layer got right), probes.md
+(one table per probe: eval accuracy per layer, this run next to baseline runs, e.g. a
+randomly initialised encoder, then a paired test of this run's best layer against each
+baseline's: `paired_test`) and probes.png.
 """
 
 import dataclasses
@@ -116,7 +118,7 @@ def fit_probes(
       l2: lambda, the weight penalty: one for all layers or one per layer [L].
 
     Returns:
-      (train accuracy [L], eval accuracy [L]).
+      (train accuracy [L], eval accuracy [L], eval correctness bool[L, M]).
     """
     whiten = [whitening(train_x[:, layer]) for layer in range(train_x.shape[1])]
     xs = jnp.asarray(np.stack([w(train_x[:, i]) for i, w in enumerate(whiten)]))  # [L, N, D]
@@ -146,15 +148,15 @@ def fit_probes(
     def fit_all(xs, xe, l2s):
         params = jax.vmap(fit_one)(xs, l2s)
 
-        def accuracy(p, x, y):
-            return jnp.mean(jnp.argmax(x @ p["w"] + p["b"], axis=-1) == y)
+        def correct(p, x, y):
+            return jnp.argmax(x @ p["w"] + p["b"], axis=-1) == y
 
-        train = jax.vmap(accuracy, in_axes=(0, 0, None))(params, xs, ys)
-        held = jax.vmap(accuracy, in_axes=(0, 0, None))(params, xe, ye)
-        return train, held
+        train = jax.vmap(correct, in_axes=(0, 0, None))(params, xs, ys)
+        held = jax.vmap(correct, in_axes=(0, 0, None))(params, xe, ye)
+        return train.mean(axis=1), held.mean(axis=1), held
 
-    train_acc, eval_acc = fit_all(xs, xe, l2s)
-    return np.asarray(train_acc), np.asarray(eval_acc)
+    train_acc, eval_acc, eval_correct = fit_all(xs, xe, l2s)
+    return np.asarray(train_acc), np.asarray(eval_acc), np.asarray(eval_correct)
 
 
 def select_l2(
@@ -195,8 +197,9 @@ def run_probe(embedding_dir: os.PathLike, spec: ProbeSpec, cache: dict | None = 
     """Fits and scores one probe on every layer of the embeddings in `embedding_dir`.
 
     Returns:
-      {'probe', 'num_classes', 'num_train', 'num_eval', 'majority', 'layers':
-      [{'layer', 'train_accuracy', 'eval_accuracy', 'l2'}, ...]}.
+      {'probe', 'num_classes', 'num_train', 'num_eval', 'majority', 'eval_ids', 'layers':
+      [{'layer', 'train_accuracy', 'eval_accuracy', 'l2', 'eval_correct'}, ...]}, with
+      'eval_correct' 0/1 per eval utterance in the order of 'eval_ids'.
 
     Raises:
       FileNotFoundError: a split was not embedded.
@@ -213,7 +216,9 @@ def run_probe(embedding_dir: os.PathLike, spec: ProbeSpec, cache: dict | None = 
     train_y = np.array([index[row[spec.field]] for row in train_rows])
     eval_y = np.array([index.get(row[spec.field], len(classes)) for row in eval_rows])
     l2 = select_l2(train_x, train_y, len(classes))
-    train_acc, eval_acc = fit_probes(train_x, train_y, eval_x, eval_y, len(classes), l2=l2)
+    train_acc, eval_acc, eval_correct = fit_probes(
+        train_x, train_y, eval_x, eval_y, len(classes), l2=l2
+    )
     majority = float(np.mean(eval_y == np.bincount(train_y).argmax()))
     return {
         "probe": str(spec),
@@ -221,9 +226,18 @@ def run_probe(embedding_dir: os.PathLike, spec: ProbeSpec, cache: dict | None = 
         "num_train": len(train_rows),
         "num_eval": len(eval_rows),
         "majority": majority,
+        "eval_ids": [row["id"] for row in eval_rows],
         "layers": [
-            {"layer": i, "train_accuracy": float(a), "eval_accuracy": float(b), "l2": float(c)}
-            for i, (a, b, c) in enumerate(zip(train_acc, eval_acc, l2, strict=True))
+            {
+                "layer": i,
+                "train_accuracy": float(a),
+                "eval_accuracy": float(b),
+                "l2": float(c),
+                "eval_correct": right.astype(int).tolist(),
+            }
+            for i, (a, b, c, right) in enumerate(
+                zip(train_acc, eval_acc, l2, eval_correct, strict=True)
+            )
         ],
     }
 
@@ -254,7 +268,52 @@ def markdown(results: dict, baselines: Sequence[dict] = ()) -> str:
             cells = [_cell(other, layer) for other in others]
             lines.append(f"| {_layer_name(layer)} | " + " | ".join(cells) + " |")
         lines.append("")
+        for baseline, other in zip(baselines, others[1:], strict=True):
+            test = paired_test(probe, other)
+            if test is not None:
+                lines += [
+                    f"Best layers, paired on the {test['num_eval']} eval utterances: "
+                    f"{results['name']} (layer {test['layer']}) right and {baseline['name']} "
+                    f"(layer {test['baseline_layer']}) wrong on {test['only_ours']}, the "
+                    f"reverse on {test['only_baseline']}; exact McNemar p = {test['p']:.3g}.",
+                    "",
+                ]
     return "\n".join(lines)
+
+
+def paired_test(probe: dict, baseline: dict | None) -> dict | None:
+    """Exact McNemar test of `probe`'s best layer against `baseline`'s on the same eval set.
+
+    The discordant utterances (right in one, wrong in the other) are binomial(n, 1/2) under
+    the null hypothesis of equal accuracy; p is the two-sided binomial test (scipy).
+
+    Returns:
+      {'layer', 'baseline_layer', 'num_eval', 'only_ours', 'only_baseline', 'p'}, or None
+      when the baseline is missing or was scored on other utterances (or without them).
+    """
+    from scipy import stats
+
+    if baseline is None or baseline.get("eval_ids") != probe.get("eval_ids"):
+        return None
+    if "eval_correct" not in baseline["layers"][0] or "eval_correct" not in probe["layers"][0]:
+        return None
+
+    def best(run):
+        row = max(run["layers"], key=lambda r: r["eval_accuracy"])
+        return row["layer"], np.asarray(row["eval_correct"], bool)
+
+    (layer, ours), (baseline_layer, theirs) = best(probe), best(baseline)
+    only_ours, only_baseline = int(np.sum(ours & ~theirs)), int(np.sum(~ours & theirs))
+    discordant = only_ours + only_baseline
+    p = stats.binomtest(only_ours, discordant, 0.5).pvalue if discordant else 1.0
+    return {
+        "layer": layer,
+        "baseline_layer": baseline_layer,
+        "num_eval": len(ours),
+        "only_ours": only_ours,
+        "only_baseline": only_baseline,
+        "p": float(p),
+    }
 
 
 def _find(run: dict, probe: str) -> dict | None:
