@@ -139,7 +139,7 @@ def with_fusion_lm(model: Any, checkpoint: os.PathLike | str | None, lm_weight: 
     Args:
       model: an ASR model with `decoding` and `lm` fields, beam search configured.
       checkpoint: the LM run (run, checkpoints/ or step directory); None returns `model`
-        with only `lm_weight` applied.
+        with only `lm_weight` applied (unchanged when `lm_weight` is None too).
       lm_weight: the fusion weight; None keeps `model.decoding.lm_weight`.
 
     Raises:
@@ -147,6 +147,8 @@ def with_fusion_lm(model: Any, checkpoint: os.PathLike | str | None, lm_weight: 
       ValueError: a model that does not decode, not an LM run, a different vocabulary size,
         or greedy decoding (shallow fusion is a beam-search feature).
     """
+    if checkpoint is None and lm_weight is None:
+        return model
     if not hasattr(model, "decoding"):
         raise ValueError(f"{type(model).__name__} does not decode: no LM to fuse into")
     decoding = model.decoding

@@ -114,6 +114,8 @@ def test_fusion_needs_beam_search_and_a_decoding_model():
     assert weighted.decoding.lm_weight == 0.3 and weighted.lm is None
     with pytest.raises(ValueError, match="does not decode"):
         inference.with_fusion_lm(object(), "/runs/lm", 0.3)
+    classifier = object()  # no LM flags: any model passes through unchanged
+    assert inference.with_fusion_lm(classifier, None, None) is classifier
 
 
 def test_transcribe_reads_any_rate_and_reports_bad_input_in_one_line(ctc_run, tmp_path):

@@ -67,8 +67,7 @@ def evaluate(
         for split, task in tasks.items()
         if task in names
     }
-    if lm_checkpoint is not None or lm_weight is not None:
-        model = inference.with_fusion_lm(model, lm_checkpoint, lm_weight)  # clears gin
+    model = inference.with_fusion_lm(model, lm_checkpoint, lm_weight)  # may clear gin
     output_dir = paths.as_path(output_dir or loaded.run_dir / "evaluate" / str(loaded.step))
     writer = metric_writers.create_default_writer(
         str(output_dir), just_logging=jax.process_index() > 0

@@ -93,9 +93,9 @@ def main(argv) -> int:
         model = asr.with_beam_size(loaded.model, common_flags.BEAM_SIZE.value)
         if not hasattr(model, "decode"):
             raise ValueError(f"the model of {loaded.run_dir} does not transcribe (no decode)")
-        lm_checkpoint, lm_weight = common_flags.LM_CHECKPOINT.value, common_flags.LM_WEIGHT.value
-        if lm_checkpoint is not None or lm_weight is not None:
-            model = inference.with_fusion_lm(model, lm_checkpoint, lm_weight)
+        model = inference.with_fusion_lm(
+            model, common_flags.LM_CHECKPOINT.value, common_flags.LM_WEIGHT.value
+        )
         texts = transcribe(model, loaded.variables, waves, _BATCH_SIZE.value)
     except (FileNotFoundError, ValueError) as error:
         print(f"transcribe: {error}", file=sys.stderr)
