@@ -89,12 +89,11 @@ def shared_pretraining(runner: pipeline.Runner, pipeline_dir: pathlib.Path) -> p
     """The pre-training every arm starts from: the finished `pretrain` stage of the pipeline
     in `pipeline_dir` (same preset, corpus, gin and bindings), else `runner`'s own."""
     start = time.perf_counter()
-    finished = pipeline_dir / "pretrain"
+    finished = pipeline_dir / pipeline.PRETRAIN
     if (finished / pipeline.DONE).exists():
-        pipeline.print_stage("pretrain", f"found the pipeline's {finished}", start)
+        pipeline.print_stage(pipeline.PRETRAIN, f"found the pipeline's {finished}", start)
         return finished
-    preset = runner.preset
-    return runner.train("pretrain", preset.pretrain_gin, preset.pretrain_bindings)
+    return runner.pretrain()
 
 
 def make_labeled_share(

@@ -39,6 +39,7 @@ from bigssl_jax.data import prepare, sources, synthetic_corpus
 from bigssl_jax.data import registry as registry_lib
 
 DONE = "DONE"
+PRETRAIN = "pretrain"  # the pre-training stage's name (the data-efficiency experiment reuses it)
 EVAL_SPLITS = ("dev", "test", "test_clean")
 
 
@@ -163,6 +164,10 @@ class Runner:
             f"--data_dir={self.data_dir}",
         )
 
+    def pretrain(self) -> pathlib.Path:
+        """Stage `PRETRAIN`: the preset's self-supervised pre-training."""
+        return self.train(PRETRAIN, self.preset.pretrain_gin, self.preset.pretrain_bindings)
+
     def finetune(self, name: str, init: pathlib.Path | None, bindings=()) -> pathlib.Path:
         """The preset's fine-tuning, from scratch or from the encoder of run `init`."""
         init_binding = [f"TrainerConfig.init_checkpoint = '{init}'"] if init else []
@@ -217,7 +222,7 @@ class Runner:
 def _semi_supervised_stages(runner: Runner) -> dict[str, pathlib.Path]:
     """Stages 5-8: pre-training, baseline, teacher, pseudo-labels and students."""
     preset = runner.preset
-    pretrained = runner.train("pretrain", preset.pretrain_gin, preset.pretrain_bindings)
+    pretrained = runner.pretrain()
     models = {"baseline": runner.finetune("baseline", None)}
     models["teacher"] = teacher = runner.finetune("teacher", pretrained)
     for generation in range(1, preset.generations + 1):
