@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from bigssl_jax import embeddings as embeddings_lib
+from bigssl_jax.models import classifier
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -76,17 +77,13 @@ def select(
 
 
 def whitening(x: np.ndarray, ridge: float = 1e-4):
-    """PCA whitening fitted on x [N, D]: a fn([M, D]) -> [M, D] float32.
+    """PCA whitening fitted on x [N, D] (`classifier.pca_whitening`): fn([M, D]) -> [M, D].
 
-    z = (x - mu) U (S + ridge * mean(S))^(-1/2), with U S U^T the covariance of x. Logistic
-    regression's optimum does not depend on an invertible linear map of its input, but its
-    conditioning does: pooled encoder outputs often put almost all variance in one direction.
+    Logistic regression's optimum does not depend on an invertible linear map of its input,
+    but its conditioning does: pooled encoder outputs often put almost all variance in one
+    direction.
     """
-    mean = x.mean(axis=0)
-    centered = (x - mean).astype(np.float64)
-    eigenvalues, vectors = np.linalg.eigh(centered.T @ centered / len(x))
-    scale = 1.0 / np.sqrt(np.maximum(eigenvalues, 0.0) + ridge * eigenvalues.mean() + 1e-12)
-    projection = vectors * scale
+    mean, projection = classifier.pca_whitening(x, ridge)
 
     def apply(values: np.ndarray) -> np.ndarray:
         return ((values - mean) @ projection).astype(np.float32)

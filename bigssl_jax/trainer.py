@@ -5,8 +5,9 @@
                            eval_iter_fn=lambda: make_iterator(dev_config))
 
 Sections of `train`: restore order (resume > init_checkpoint > scratch, see
-`bigssl_jax.checkpointing`), sharded init, the jitted step, then the loop: one step per
-batch, metrics, periodic log / eval / checkpoint, preemption.
+`bigssl_jax.checkpointing`), sharded init, fitted statistics (`models.base.StatisticsModel`,
+on a fresh start only), the jitted step, then the loop: one step per batch, metrics, periodic
+log / eval / checkpoint, preemption.
 
 The step (`make_train_step`) is pure, `train_step(state, batch, rng) -> (state, metrics)`:
 
@@ -326,6 +327,34 @@ def _restore_params(config: TrainerConfig, abstract_params, fresh_params):
     return {**fresh_params, **restored}
 
 
+def fit_statistics(
+    model: base.StatisticsModel, state: TrainState, batches: Iterator[base.Batch], mesh, shardings
+) -> TrainState:
+    """`state` with the collections `model.fit_statistics` fits on `statistics_batches` batches.
+
+    Features are computed on the mesh from global batches and gathered replicated, so every
+    process fits the same statistics from every process's rows (padded rows dropped).
+    """
+
+    def features_and_weights(params, model_state, batch):
+        return model.statistics_features({"params": params, **model_state}, batch), batch["weights"]
+
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    features_fn = jax.jit(features_and_weights, out_shardings=replicated)
+    rows = []
+    for batch in itertools.islice(batches, model.statistics_batches):
+        global_batch = partitioning.make_global_batch(numeric_fields(batch), mesh)
+        with partitioning.mesh_context(mesh):
+            features, weights = features_fn(state.params, state.model_state, global_batch)
+        rows.append(np.asarray(features)[np.asarray(weights) > 0])
+    if not rows:
+        raise ValueError("no training batch to fit the model's statistics on")
+    fitted = model.fit_statistics(np.concatenate(rows))
+    logging.info("fitted %s on %d rows", sorted(fitted), sum(len(r) for r in rows))
+    model_state = {**state.model_state, **fitted}
+    return state.replace(model_state=jax.device_put(model_state, shardings.model_state))
+
+
 # ---------------------------------------------------------------------------------------
 # Metrics and evaluation.
 # ---------------------------------------------------------------------------------------
@@ -522,11 +551,24 @@ class _Run:
             self.train_iter.set_state(meta["input"])
             self.rng = jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32))
             self.progress = _Progress(meta["nonfinite_total"], meta["nonfinite_consecutive"])
+        position = self.train_iter.get_state()
         batch = next(self.train_iter)
         init_fn = _state_factory(self.model, optimizers.make_optimizer(optimizer), batch)
         state, self.shardings = _init_or_restore(
             init_fn, init_rng, self.mesh, self.rules, self.config, self.checkpointer, latest
         )
+        restored_state = latest is not None or (
+            self.config.init_checkpoint and not self.config.init_params_only
+        )
+        if (
+            isinstance(self.model, base.StatisticsModel)
+            and self.model.statistics_batches
+            and not restored_state
+        ):
+            self.train_iter.set_state(position)
+            state = fit_statistics(self.model, state, self.train_iter, self.mesh, self.shardings)
+            self.train_iter.set_state(position)  # the fit's batches are trained on too
+            batch = next(self.train_iter)
         return state, batch
 
     def save(self, state: TrainState, step: int, metrics: dict | None = None) -> None:

@@ -106,10 +106,12 @@ def test_loss_is_weighted_cross_entropy_and_freezing_zeroes_encoder_grads(freeze
     variables = jax.jit(lambda k: nn.unbox(model.init_variables(k, batch)))(jax.random.key(0))
 
     def loss(params):
-        return model.loss({"params": params}, batch, jax.random.key(2), step=0, train=True)
+        return model.loss(
+            {**variables, "params": params}, batch, jax.random.key(2), step=0, train=True
+        )
 
     (value, metrics), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
-    logits = np.asarray(jax.jit(lambda p: model.logits(p, batch))(variables["params"]))
+    logits = np.asarray(jax.jit(lambda v: model.logits(v, batch))(variables))
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ce = -log_probs[np.arange(4), batch["targets"][:, 0]]
     if freeze:  # a frozen encoder runs without dropout: train and eval logits agree.
@@ -122,8 +124,11 @@ def test_loss_is_weighted_cross_entropy_and_freezing_zeroes_encoder_grads(freeze
 
 def test_probe_learns_separable_tones_and_score_reports_it(tmp_path):
     batch = _batch(num_classes=2)
-    model = classifier.ClassifierTrainModel(encoder=ENCODER, num_classes=2, layer=-1)
+    model = classifier.ClassifierTrainModel(
+        encoder=ENCODER, num_classes=2, layer=-1, statistics_batches=0
+    )
     params = jax.jit(lambda k: nn.unbox(model.init_variables(k, batch)))(jax.random.key(0))
+    assert sorted(params) == ["params"]  # no whitening collection
     params = params["params"]
     tx = optax.adam(0.05)
 
@@ -157,6 +162,52 @@ def test_probe_learns_separable_tones_and_score_reports_it(tmp_path):
     ]
 
 
+def test_pca_whitening_gives_identity_covariance_on_one_direction_dominated_data():
+    rng = np.random.default_rng(0)
+    direction = rng.standard_normal(6)
+    x = 30.0 * rng.standard_normal((400, 1)) * direction + rng.standard_normal((400, 6)) + 5.0
+    mean, projection = classifier.pca_whitening(x, ridge=0.0)
+    z = (x - mean) @ projection
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(np.cov(z.T, bias=True), np.eye(6), atol=1e-9)
+
+
+def test_fitted_whitening_feeds_the_head_per_layer():
+    batch = {k: v for k, v in _batch().items() if k != "id"}
+    model = classifier.ClassifierTrainModel(encoder=ENCODER, num_classes=3)
+    assert isinstance(model, base.StatisticsModel)
+    variables = jax.jit(lambda k: nn.unbox(model.init_variables(k, batch)))(jax.random.key(0))
+    stats = variables[classifier.STATISTICS]
+    assert stats["mean"].shape == (3, 16) and stats["projection"].shape == (3, 16, 16)
+    pooled = np.asarray(jax.jit(model.statistics_features)(variables, batch))
+    assert pooled.shape == (4, 3, 16)
+    raw_model = classifier.ClassifierTrainModel(
+        encoder=ENCODER, num_classes=3, statistics_batches=0
+    )
+    raw = {"params": variables["params"]}
+    # Before the fit the statistics are the identity map: the same logits as no whitening.
+    np.testing.assert_allclose(
+        jax.jit(model.logits)(variables, batch), jax.jit(raw_model.logits)(raw, batch), atol=1e-5
+    )
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((50, 3, 16)).astype(np.float32) * np.arange(1, 17)
+    fitted = model.fit_statistics(features)[classifier.STATISTICS]
+    for layer in range(3):
+        mean, projection = classifier.pca_whitening(features[:, layer])
+        np.testing.assert_allclose(fitted["mean"][layer], mean, rtol=1e-6)
+        np.testing.assert_allclose(fitted["projection"][layer], projection, rtol=1e-5)
+    # The head reads (e_l - mean_l) @ projection_l, mixed by the softmax layer weights.
+    variables = {**variables, classifier.STATISTICS: fitted}
+    whitened = np.einsum("bld,lde->ble", pooled - fitted["mean"], fitted["projection"])
+    head = variables["params"]["head"]
+    mix = np.exp(head["layer_logits"]) / np.exp(head["layer_logits"]).sum()
+    z = np.einsum("l,bld->bd", mix, whitened)
+    expected = z @ head["output"]["kernel"] + head["output"]["bias"]
+    np.testing.assert_allclose(
+        jax.jit(model.logits)(variables, batch), expected, rtol=1e-4, atol=1e-4
+    )
+
+
 def test_confusion_matrix_counts_pairs():
     counts = classifier.confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 2, 1, 2]), 3)
     np.testing.assert_array_equal(counts, [[1, 0, 0], [0, 1, 1], [0, 0, 1]])
@@ -167,6 +218,8 @@ def test_bad_layer_is_rejected():
         classifier.ClassifierTrainModel(encoder=ENCODER, num_classes=3, layer=3)
     with pytest.raises(ValueError, match="'weighted' or an int"):
         classifier.ClassifierTrainModel(encoder=ENCODER, num_classes=3, layer="mean")
+    with pytest.raises(ValueError, match="statistics_batches must be >= 0"):
+        classifier.ClassifierTrainModel(encoder=ENCODER, num_classes=3, statistics_batches=-1)
 
 
 def test_log_mel_front_end_has_no_params():

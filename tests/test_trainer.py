@@ -270,6 +270,67 @@ def test_init_params_scopes_take_only_those_subtrees(tmp_path):
         )
 
 
+class ToyStatisticsModel(ToyModel):
+    """`ToyModel` on inputs centred by a fitted mean (a `base.StatisticsModel`)."""
+
+    statistics_batches = 2
+
+    def init_variables(self, rng, batch):
+        return {**super().init_variables(rng, batch), "stats": {"mean": jnp.zeros(FEATURES)}}
+
+    def statistics_features(self, variables, batch):
+        return batch["x"]
+
+    def fit_statistics(self, features):
+        return {"stats": {"mean": features.mean(axis=0)}}
+
+    def loss(self, variables, batch, rng, *, step, train):
+        centred = {**batch, "x": batch["x"] - variables["stats"]["mean"]}
+        return super().loss({"params": variables["params"]}, centred, rng, step=step, train=train)
+
+
+def test_statistics_are_fitted_on_a_fresh_start_only_and_the_data_position_kept(tmp_path):
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
+    iterators = []
+
+    def train(model_dir, num_steps, **overrides):
+        iterators.append(ToyIterator())
+        return trainer.train(
+            model=ToyStatisticsModel(),
+            optimizer=OPTIMIZER,
+            config=_config(num_steps, **overrides),
+            mesh=mesh,
+            train_iter=iterators[-1],
+            model_dir=model_dir,
+        )
+
+    first = train(tmp_path / "run", 3)
+    real_rows = [b["x"][b["weights"] > 0] for b in (toy_batch(0), toy_batch(1))]
+    expected = np.concatenate(real_rows).mean(axis=0)
+    np.testing.assert_allclose(first.state.model_state["stats"]["mean"], expected, rtol=1e-6)
+    assert iterators[-1].position == 3  # the fit's batches were put back and trained on
+    # Resuming keeps the checkpointed statistics (no refit on the resumed position's batches).
+    resumed = train(tmp_path / "run", 5)
+    assert resumed.step == 5 and iterators[-1].position == 5
+    np.testing.assert_array_equal(resumed.state.model_state["stats"]["mean"], expected)
+    # A params-only init from another run fits afresh on this run's data.
+    iterators.clear()
+    shifted = ToyIterator()
+    shifted.position = 4
+    again = trainer.train(
+        model=ToyStatisticsModel(),
+        optimizer=OPTIMIZER,
+        config=_config(0, init_checkpoint=str(tmp_path / "run"), init_params_only=True),
+        mesh=mesh,
+        train_iter=shifted,
+        model_dir=tmp_path / "init",
+    )
+    real_rows = [b["x"][b["weights"] > 0] for b in (toy_batch(4), toy_batch(5))]
+    np.testing.assert_allclose(
+        again.state.model_state["stats"]["mean"], np.concatenate(real_rows).mean(0), rtol=1e-6
+    )
+
+
 def _run_script(model_dir, num_steps, kill_at=0):
     env = {
         **os.environ,

@@ -8,9 +8,10 @@ w2v-BERT), fine-tuning and classification are each a `TrainModel` plus data plus
 
 Variables: `init_variables` returns `{'params': ..., <other collections>}`. 'params' are
 trained (they may be boxed with logical axis names for sharded init); every other collection
-(e.g. BEST-RQ's 'frozen' quantiser) is kept in `TrainState.model_state` and passed back
-unchanged: the trainer supports no mutable collections (the encoder has none; its
-convolution module uses LayerNorm, not BatchNorm).
+(e.g. BEST-RQ's 'frozen' quantiser, a classifier's fitted feature whitening: see
+`StatisticsModel`) is kept in `TrainState.model_state` and passed back unchanged: the
+trainer supports no mutable collections (the encoder has none; its convolution module uses
+LayerNorm, not BatchNorm).
 
 Loss: `loss` returns the batch's mean loss and a dict of scalar metrics. The mean is over
 `metrics[LOSS_WEIGHT]` units (masked frames, target tokens, utterances...); when the
@@ -28,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+import numpy as np
 
 Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
@@ -113,6 +115,37 @@ class ScoredModel(Protocol):
         Returns:
           The report.
         """
+        ...
+
+
+@runtime_checkable
+class StatisticsModel(Protocol):
+    """A model with statistics of its training data that are fitted once, not trained.
+
+    Like ESPnet's collect-stats global normalisation: on a fresh start (scratch or
+    `init_checkpoint` params, never on resume, since the statistics are checkpointed with the
+    state), the trainer reads the first `statistics_batches` training batches (then puts the
+    data position back), computes `statistics_features` of each on the mesh, and stores the
+    collections `fit_statistics` returns from the real rows' features in
+    `TrainState.model_state`, which later steps pass back unchanged.
+
+    Attributes:
+      statistics_batches: training batches read for the fit (0: no statistics).
+    """
+
+    statistics_batches: int
+
+    def statistics_features(self, variables: Variables, batch: Batch) -> jax.Array:
+        """Per-row features whose statistics are fitted: [B, ...] float32 (jitted).
+
+        Args:
+          variables: {'params': ..., other collections} (unboxed), after any restore.
+          batch: a training batch.
+        """
+        ...
+
+    def fit_statistics(self, features: np.ndarray) -> dict[str, Any]:
+        """The fitted non-param collections from the features of real rows: [N, ...]."""
         ...
 
 

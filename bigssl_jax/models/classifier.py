@@ -5,8 +5,9 @@ For a batch of waveforms with one class id each (accent, speaker, noise type, ..
   features, f_pad = LogMel(audio)                                       [B, T, F], [B, T]
   h_0 = Subsampling(features); h_l = Block_l(h_{l-1}), l = 1..N         [B, T', D] each
   e_l[b] = sum_t (1 - pad[b, t]) h_l[b, t] / sum_t (1 - pad[b, t])      [B, N + 1, D]
-  z = sum_l softmax(w)_l e_l   (layer='weighted', w learned [N + 1])     [B, D]
-    | e_k                      (layer=k, an int; -1 = the last block)
+  x_l = (e_l - mu_l) P_l       (fitted per-layer PCA whitening)          [B, N + 1, D]
+  z = sum_l softmax(w)_l x_l   (layer='weighted', w learned [N + 1])     [B, D]
+    | x_k                      (layer=k, an int; -1 = the last block)
   logits = z W + c                                                      [B, C]
   L = sum_b weights_b CE(logits_b, y_b) / sum_b weights_b
 
@@ -19,6 +20,16 @@ is restored with `TrainerConfig(init_checkpoint=..., init_params_only=True,
 init_params_scopes=('encoder',))`; the head lives under 'head'. The per-layer outputs are
 computed by running the encoder's own submodules block by block (`layer_outputs`), so no
 `split_layers` change (which would change the parameter tree) is needed.
+
+Whitening (`statistics_batches` > 0): pooled encoder outputs put most of their variance in one
+direction (84-96% for a BEST-RQ encoder's upper blocks), which leaves a linear head trained by
+Adam far from its optimum. The model is a `base.StatisticsModel`: before the first step the
+trainer pools every layer of the first `statistics_batches` training batches with the encoder
+as restored, and `fit_statistics` fits mu_l and P_l = U_l (S_l + ridge mean(S_l))^(-1/2)
+(U_l S_l U_l^T the covariance of layer l), kept in the non-trained 'feature_stats' collection
+([N + 1, D] and [N + 1, D, D]) and checkpointed with the state. Logistic regression's optimum
+is the same under any invertible linear map of its input; its conditioning is not. With a
+fine-tuned encoder the statistics stay those of the initial encoder (a fixed input transform).
 
 Frozen encoder (the linear probe, `freeze_encoder=True`): the pooled features pass through
 `jax.lax.stop_gradient` and the encoder runs without dropout, so the encoder's gradient is
@@ -49,6 +60,7 @@ Params = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
 RNG_STREAMS = ("dropout",)
 WEIGHTED = "weighted"
+STATISTICS = "feature_stats"  # the fitted whitening's variable collection
 
 
 def block_params(config: encoder_lib.EncoderConfig, encoder_params: Params) -> list[Params]:
@@ -157,6 +169,27 @@ def pooled_layers(
     return jnp.stack([mean_pool(x, pad) for x, pad in outputs], axis=1)
 
 
+def pca_whitening(x: np.ndarray, ridge: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """PCA whitening fitted on x [N, D]: (mean [D], projection [D, D]), float64.
+
+    (x - mean) @ projection has (nearly) identity covariance: projection = U (S + ridge *
+    mean(S))^(-1/2), with U S U^T the covariance of x (computed in float64); the ridge keeps
+    directions without variance (N < D, constant features) from blowing up.
+    """
+    mean = x.astype(np.float64).mean(axis=0)
+    centered = x.astype(np.float64) - mean
+    eigenvalues, vectors = np.linalg.eigh(centered.T @ centered / len(x))
+    scale = 1.0 / np.sqrt(np.maximum(eigenvalues, 0.0) + ridge * eigenvalues.mean() + 1e-12)
+    return mean, vectors * scale
+
+
+def whiten(pooled: jax.Array, statistics: Mapping[str, jax.Array]) -> jax.Array:
+    """Layer l of pooled [B, L, D] -> (pooled_l - mean_l) @ projection_l (the first L layers)."""
+    num_layers = pooled.shape[1]
+    centered = pooled - statistics["mean"][:num_layers]
+    return jnp.einsum("bld,lde->ble", centered, statistics["projection"][:num_layers])
+
+
 class ClassifierHead(nn.Module):
     """Layer mix + linear classifier: [B, L, D] pooled layers -> [B, C] logits.
 
@@ -249,6 +282,8 @@ class ClassifierTrainModel:
         encoder, l = block l, -1 = last block); with an index >= 0 only the blocks up to it run.
       freeze_encoder: linear probe (True) or fine-tuning of the whole encoder (False).
       log_mel: log-mel front end settings.
+      statistics_batches: training batches the per-layer whitening is fitted on before the
+        first step (0: the head reads the raw pooled outputs).
     """
 
     encoder: encoder_lib.EncoderConfig
@@ -256,6 +291,7 @@ class ClassifierTrainModel:
     layer: int | str = WEIGHTED
     freeze_encoder: bool = True
     log_mel: frontend.LogMelConfig = frontend.LogMelConfig()
+    statistics_batches: int = 32
     rng_streams: tuple[str, ...] = RNG_STREAMS
 
     def __post_init__(self):
@@ -265,6 +301,8 @@ class ClassifierTrainModel:
             raise ValueError(f"layer {self.layer} is not one of the {self.num_layers} layers")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.statistics_batches < 0:
+            raise ValueError(f"statistics_batches must be >= 0, got {self.statistics_batches}")
 
     @property
     def num_layers(self) -> int:
@@ -276,7 +314,8 @@ class ClassifierTrainModel:
         return ClassifierHead(self.num_classes, self.layer)
 
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
-        """{'params': {'encoder': boxed encoder params, 'head': head params}}."""
+        """{'params': {'encoder': boxed encoder params, 'head': head params}}, plus the
+        whitening collection (identity until fitted) when `statistics_batches` > 0."""
         encoder_rng, head_rng = jax.random.split(rng)
         audio = jnp.zeros(batch["audio"].shape, jnp.float32)
         features, paddings = frontend.log_mel(audio, jnp.zeros_like(audio), self.log_mel)
@@ -284,12 +323,38 @@ class ClassifierTrainModel:
         encoder_params = encoder.init(encoder_rng, features, paddings, train=False)["params"]
         pooled = jnp.zeros((audio.shape[0], self.num_layers, self.encoder.model_dim))
         head_params = self.head.init(head_rng, pooled)["params"]
-        return {"params": {"encoder": encoder_params, "head": head_params}}
+        variables = {"params": {"encoder": encoder_params, "head": head_params}}
+        if self.statistics_batches:
+            shape = (self.num_layers, self.encoder.model_dim)
+            variables[STATISTICS] = {
+                "mean": jnp.zeros(shape),
+                "projection": jnp.broadcast_to(jnp.eye(shape[1]), (*shape, shape[1])),
+            }
+        return variables
+
+    def statistics_features(self, variables: Mapping[str, Any], batch: Batch) -> jax.Array:
+        """Every layer's pooled output in eval mode, the whitening's input: [B, N + 1, D]."""
+        encoder_params = variables["params"]["encoder"]
+        audio, paddings = batch["audio"], batch["audio_paddings"]
+        return pooled_layers(self.encoder, encoder_params, self.log_mel, audio, paddings)
+
+    def fit_statistics(self, features: np.ndarray) -> dict[str, Any]:
+        """{'feature_stats': per-layer whitening} from pooled outputs [N, N + 1, D]."""
+        fitted = [pca_whitening(features[:, layer]) for layer in range(features.shape[1])]
+        means, projections = zip(*fitted, strict=True)
+        statistics = {"mean": np.stack(means), "projection": np.stack(projections)}
+        return {STATISTICS: {k: v.astype(np.float32) for k, v in statistics.items()}}
 
     def logits(
-        self, params: Params, batch: Batch, rng: jax.Array | None = None, *, train: bool = False
+        self,
+        variables: Mapping[str, Any],
+        batch: Batch,
+        rng: jax.Array | None = None,
+        *,
+        train: bool = False,
     ) -> jax.Array:
         """Class logits [B, C] of a batch ('audio', 'audio_paddings')."""
+        params = variables["params"]
         fine_tune = train and not self.freeze_encoder
         num_blocks = None if self.layer == WEIGHTED or self.layer < 0 else self.layer
         pooled = pooled_layers(
@@ -304,6 +369,8 @@ class ClassifierTrainModel:
         )
         if self.freeze_encoder:
             pooled = jax.lax.stop_gradient(pooled)
+        if STATISTICS in variables:
+            pooled = whiten(pooled, variables[STATISTICS])
         if num_blocks is not None:  # only layers 0..layer ran: the chosen one is the last.
             return ClassifierHead(self.num_classes, -1).apply({"params": params["head"]}, pooled)
         return self.head.apply({"params": params["head"]}, pooled)
@@ -313,7 +380,7 @@ class ClassifierTrainModel:
     ) -> tuple[jax.Array, Metrics]:
         """Weighted cross-entropy over the batch's real rows; metrics loss, accuracy, weight."""
         del step
-        logits = self.logits(variables["params"], batch, rng, train=train)
+        logits = self.logits(variables, batch, rng, train=train)
         labels = batch["targets"][:, 0]
         weights = batch["weights"]
         total = jnp.maximum(jnp.sum(weights), 1.0)
@@ -329,12 +396,12 @@ class ClassifierTrainModel:
 
     def score(self, variables: Mapping[str, Any], batches: Iterable[Batch]) -> ClassificationReport:
         """Accuracy and confusion matrix over host batches (rows of weight 0 are skipped)."""
-        predict = jax.jit(lambda p, b: jnp.argmax(self.logits(p, b), axis=-1))
+        predict = jax.jit(lambda v, b: jnp.argmax(self.logits(v, b), axis=-1))
         ids, labels, predictions = [], [], []
         for batch in batches:
             inputs = {key: batch[key] for key in ("audio", "audio_paddings")}
             keep = np.asarray(batch["weights"]) > 0
-            predictions.append(np.asarray(predict(variables["params"], inputs))[keep])
+            predictions.append(np.asarray(predict(variables, inputs))[keep])
             labels.append(np.asarray(batch["targets"])[keep, 0])
             if "id" in batch:
                 ids += [
