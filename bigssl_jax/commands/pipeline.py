@@ -12,7 +12,10 @@ from bigssl_jax import pipeline
 from bigssl_jax.commands import common_flags
 
 _PRESET = flags.DEFINE_enum(
-    "preset", "demo", list(pipeline.PRESETS), "What to run: smoke (tiny corpus) or demo (small)."
+    "preset",
+    "demo",
+    list(pipeline.PRESETS),
+    "smoke (tiny corpus, minutes), demo (small, < 45 min) or small (~2.5 h).",
 )
 
 
