@@ -227,21 +227,41 @@ def restore_from(path: os.PathLike | str, abstract: Any, *, params_only: bool = 
     Returns:
       The restored params (params_only) or state, placed by `abstract`'s shardings.
     """
+    if params_only:
+        return restore_part(path, "params", abstract)
     step_dir = resolve_init_checkpoint(path)
-    logging.info("init from %s (%s)", step_dir, "params" if params_only else "whole state")
-    if not params_only:
-        with ocp.StandardCheckpointer() as checkpointer:
-            return checkpointer.restore(step_dir / STATE, abstract)
+    logging.info("init from %s (whole state)", step_dir)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(step_dir / STATE, abstract)
+
+
+def restore_part(path: os.PathLike | str, part: str, abstract: Any) -> Any:
+    """Reads one field of another run's saved state ('params', 'model_state') into `abstract`.
+
+    `abstract` may name a subtree of the saved field (a partial restore: e.g. only the
+    encoder's params, or one collection of the model state).
+    """
+    step_dir = resolve_init_checkpoint(path)
+    logging.info("init from %s (%s)", step_dir, part)
+    item = {part: abstract}
     with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(
             step_dir / STATE,
             args=ocp.args.PyTreeRestore(
-                item={"params": abstract},
-                restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                 partial_restore=True,
             ),
         )
-    return restored["params"]
+    return restored[part]
+
+
+def saved_model_state(path: os.PathLike | str) -> tuple[str, ...]:
+    """The collections of the model state saved in another run's checkpoint (sorted)."""
+    step_dir = resolve_init_checkpoint(path)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(step_dir / STATE).item_metadata
+    return tuple(sorted(tree.get("model_state") or ()))
 
 
 class PreemptionHandler:

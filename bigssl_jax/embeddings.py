@@ -6,8 +6,9 @@ For each utterance, every layer's output is mean-pooled over valid frames
   E[n, l] = mean_t h_l[n, t]                          [N, L, D], L = blocks + 1
 
 and optionally reduced to one layer (`layer=k`) or to a classifier's learned mix
-(`layer='weighted'`: sum_l softmax(w)_l E[n, l], w from a `ClassifierTrainModel` checkpoint),
-giving [N, 1, D].
+(`layer='weighted'`: sum_l softmax(w)_l X[n, l], w from a `ClassifierTrainModel` checkpoint
+and X the head's input: E whitened by the checkpoint's fitted statistics when it has them,
+else E), giving [N, 1, D].
 
 Layout of one split under the output directory (`write_shard`, `load_split`):
 
@@ -69,7 +70,8 @@ class EmbedConfig:
 def load_params(
     config: EmbedConfig, checkpoint: os.PathLike | None, *, seed: int = 0
 ) -> dict[str, Any]:
-    """The encoder params (and head for layer='weighted'): {'encoder': ..., ['head': ...]}.
+    """The encoder params, and for layer='weighted' the head's layer weights and the
+    classifier's whitening when it has one: {'encoder', ['head', ['feature_stats']]}.
 
     Args:
       config: the embedding settings (the encoder config must match the checkpoint's).
@@ -93,13 +95,26 @@ def load_params(
         return {"encoder": jax.jit(init)(jax.random.key(seed))["params"]}
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = {"encoder": jax.eval_shape(init, jax.random.key(seed))["params"]}
+    num_layers, dim = config.encoder.num_layers + 1, config.encoder.model_dim
     if config.layer == classifier.WEIGHTED:
-        logits = jax.ShapeDtypeStruct((config.encoder.num_layers + 1,), jnp.float32)
-        abstract["head"] = {"layer_logits": logits}
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
-    )
-    return checkpointing.restore_from(checkpoint, abstract, params_only=True)
+        abstract["head"] = {"layer_logits": jax.ShapeDtypeStruct((num_layers,), jnp.float32)}
+
+    def placed(tree):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+
+    params = checkpointing.restore_from(checkpoint, placed(abstract), params_only=True)
+    if config.layer == classifier.WEIGHTED and classifier.STATISTICS in (
+        checkpointing.saved_model_state(checkpoint)
+    ):
+        statistics = {
+            "mean": jax.ShapeDtypeStruct((num_layers, dim), jnp.float32),
+            "projection": jax.ShapeDtypeStruct((num_layers, dim, dim), jnp.float32),
+        }
+        saved = checkpointing.restore_part(
+            checkpoint, "model_state", placed({classifier.STATISTICS: statistics})
+        )
+        params[classifier.STATISTICS] = saved[classifier.STATISTICS]
+    return params
 
 
 def make_embed_fn(config: EmbedConfig):
@@ -118,6 +133,8 @@ def make_embed_fn(config: EmbedConfig):
         if config.layer == ALL_LAYERS:
             return pooled
         if config.layer == classifier.WEIGHTED:
+            if classifier.STATISTICS in params:  # the classifier's input: whitened layers
+                pooled = classifier.whiten(pooled, params[classifier.STATISTICS])
             weights = jax.nn.softmax(params["head"]["layer_logits"])
             return jnp.einsum("l,bld->bd", weights, pooled)[:, None]
         return pooled[:, -1 if num_blocks is not None else config.layer][:, None]

@@ -86,6 +86,23 @@ def test_weighted_layer_reads_a_classifier_checkpoint(tmp_path):
     np.testing.assert_allclose(mixed[:, 0], np.einsum("l,bld->bd", weights, every), atol=1e-5)
     with pytest.raises(ValueError, match="needs a classifier checkpoint"):
         embeddings.load_params(config, None)
+    # A classifier with fitted whitening: the mix is over the whitened layers, as in its head.
+    rng = np.random.default_rng(1)
+    statistics = {
+        "mean": rng.standard_normal((3, 16)).astype(np.float32),
+        "projection": rng.standard_normal((3, 16, 16)).astype(np.float32),
+    }
+    saver = checkpointing.Checkpointer(tmp_path / "whitened", async_save=False)
+    saver.save(7, {**state, "model_state": {classifier.STATISTICS: statistics}}, {"step": 7})
+    saver.close()
+    params = embeddings.load_params(config, tmp_path / "whitened")
+    np.testing.assert_array_equal(
+        params[classifier.STATISTICS]["projection"], statistics["projection"]
+    )
+    mixed = embeddings.make_embed_fn(config)(params, audio, np.zeros_like(audio))
+    whitened = np.einsum("bld,lde->ble", every - statistics["mean"], statistics["projection"])
+    expected = np.einsum("l,bld->bd", weights, whitened)
+    np.testing.assert_allclose(mixed[:, 0], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_missing_shard_is_reported(tmp_path):
