@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from bigssl_jax import pipeline
+
 
 def _run_pipeline(data_dir):
     env = dict(os.environ, BIGSSL_DATA_DIR=str(data_dir))
@@ -41,6 +43,7 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert list(results) == ["baseline", "teacher", "student_1"]
     assert all(set(wers) == {"dev", "test", "test_clean"} for wers in results.values())
     assert "| student_1 |" in first.stdout and (work / "results.png").stat().st_size > 0
+    assert any((tmp_path / pipeline.XLA_CACHE).iterdir())  # the stages' compilation cache
 
     second = _run_pipeline(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
