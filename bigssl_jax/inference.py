@@ -40,7 +40,7 @@ class LoadedModel:
 
     Attributes:
       model: the model wrapper (a `models.base.TrainModel`), vocabulary set if the run has one.
-      variables: {'params': ...} on one device.
+      variables: {'params': ..., other collections} on one device.
       run_dir: the run directory.
       step: the restored step.
     """
@@ -92,14 +92,26 @@ def _parse_run_config(run_dir: epath.Path) -> None:
     gin_utils.parse([str(config)])
 
 
-def restore_params(model: Any, step_dir: epath.Path) -> dict[str, Any]:
-    """The params of `model` saved at `step_dir`, on one device."""
+def restore_variables(model: Any, step_dir: epath.Path) -> dict[str, Any]:
+    """The variables of `model` saved at `step_dir`, on one device.
+
+    Returns:
+      {'params': ..., other collections}: 'params' from the saved state's params, every
+      other collection `model.init_variables` makes (e.g. a classifier's fitted whitening)
+      from its model state.
+    """
     boxed = jax.eval_shape(model.init_variables, jax.random.key(0), example_batch())
-    abstract = nn.unbox(boxed)["params"]
+    abstract = dict(nn.unbox(boxed))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: device, abstract)
-    targets = checkpointing.abstract_state(abstract, shardings)
-    return checkpointing.restore_from(step_dir, targets, params_only=True)
+
+    def targets(tree):
+        return checkpointing.abstract_state(tree, jax.tree.map(lambda _: device, tree))
+
+    params = abstract.pop("params")
+    variables = {"params": checkpointing.restore_part(step_dir, "params", targets(params))}
+    if abstract:
+        variables.update(checkpointing.restore_part(step_dir, "model_state", targets(abstract)))
+    return variables
 
 
 def load_model(checkpoint: os.PathLike | str) -> LoadedModel:
@@ -125,8 +137,8 @@ def load_model(checkpoint: os.PathLike | str) -> LoadedModel:
     if model is None:
         raise ValueError(f"the gin config of {run_dir} binds no ExperimentConfig.model")
     model = with_run_vocabulary(model, run_dir)
-    params = restore_params(model, step_dir)
-    return LoadedModel(model, {"params": params}, run_dir, int(step_dir.name))
+    variables = restore_variables(model, step_dir)
+    return LoadedModel(model, variables, run_dir, int(step_dir.name))
 
 
 def with_fusion_lm(model: Any, checkpoint: os.PathLike | str | None, lm_weight: float | None):

@@ -208,6 +208,26 @@ def test_fitted_whitening_feeds_the_head_per_layer():
     )
 
 
+def test_restored_classifier_has_its_fitted_whitening(tmp_path):
+    from bigssl_jax import checkpointing, inference
+
+    model = classifier.ClassifierTrainModel(encoder=ENCODER, num_classes=3)
+    batch = inference.example_batch()
+    variables = jax.jit(lambda k: nn.unbox(model.init_variables(k, batch)))(jax.random.key(0))
+    features = np.random.default_rng(2).standard_normal((40, 3, 16)).astype(np.float32)
+    fitted = model.fit_statistics(features)
+    state = {"params": variables["params"], "model_state": fitted}
+    saver = checkpointing.Checkpointer(tmp_path, async_save=False)
+    saver.save(3, state, {"step": 3})
+    saver.close()
+    restored = inference.restore_variables(model, checkpointing.checkpoint_dir(tmp_path) / "3")
+    assert sorted(restored) == ["feature_stats", "params"]
+    for name in ("mean", "projection"):
+        np.testing.assert_array_equal(
+            restored[classifier.STATISTICS][name], fitted[classifier.STATISTICS][name]
+        )
+
+
 def test_confusion_matrix_counts_pairs():
     counts = classifier.confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 2, 1, 2]), 3)
     np.testing.assert_array_equal(counts, [[1, 0, 0], [0, 1, 1], [0, 0, 1]])
