@@ -289,7 +289,8 @@ def _state_factory(model: base.TrainModel, tx: optax.GradientTransformation, bat
 
 
 def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest):
-    """The state by the restore order (resume > init_checkpoint > scratch) and its shardings."""
+    """The state by the restore order (resume > init_checkpoint > scratch), its shardings, and
+    whether its model state is freshly initialised (False when a whole state was restored)."""
     with nn.logical_axis_rules(()):
         boxed = jax.eval_shape(init_fn, rng)
     shardings = partitioning.state_shardings(boxed, mesh, rules)
@@ -297,9 +298,9 @@ def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest):
     if latest is not None:
         logging.info("resuming from step %d of %s", latest, checkpointer.directory)
         state, _ = checkpointer.restore(latest, abstract)
-        return state, shardings
+        return state, shardings, False
     if config.init_checkpoint and not config.init_params_only:
-        return checkpointing.restore_from(config.init_checkpoint, abstract), shardings
+        return checkpointing.restore_from(config.init_checkpoint, abstract), shardings, False
     with nn.logical_axis_rules(()), jax.set_mesh(mesh):
         state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
     if config.init_checkpoint:
@@ -308,7 +309,7 @@ def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest):
             params=params,
             opt_state=jax.jit(state.tx.init, out_shardings=shardings.opt_state)(params),
         )
-    return state, shardings
+    return state, shardings, True
 
 
 def _restore_params(config: TrainerConfig, abstract_params, fresh_params):
@@ -554,16 +555,13 @@ class _Run:
         position = self.train_iter.get_state()
         batch = next(self.train_iter)
         init_fn = _state_factory(self.model, optimizers.make_optimizer(optimizer), batch)
-        state, self.shardings = _init_or_restore(
+        state, self.shardings, fresh_model_state = _init_or_restore(
             init_fn, init_rng, self.mesh, self.rules, self.config, self.checkpointer, latest
         )
-        restored_state = latest is not None or (
-            self.config.init_checkpoint and not self.config.init_params_only
-        )
         if (
-            isinstance(self.model, base.StatisticsModel)
+            fresh_model_state
+            and isinstance(self.model, base.StatisticsModel)
             and self.model.statistics_batches
-            and not restored_state
         ):
             self.train_iter.set_state(position)
             state = fit_statistics(self.model, state, self.train_iter, self.mesh, self.shardings)
