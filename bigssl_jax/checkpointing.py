@@ -75,6 +75,13 @@ def abstract_state(abstract: Any, shardings: Any) -> Any:
     )
 
 
+def on_one_device(abstract: Any) -> Any:
+    """`abstract_state` of `abstract` with every leaf on this process's first local device
+    (the targets for reading a checkpoint into one device, e.g. for inference)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return abstract_state(abstract, jax.tree.map(lambda _: device, abstract))
+
+
 def _preservation_policy(keep_last: int, keep_best: int, best_metric: str | None, mode: str):
     policies = [checkpoint_managers.LatestN(n=keep_last)]
     if best_metric and keep_best:

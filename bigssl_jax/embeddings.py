@@ -93,25 +93,23 @@ def load_params(
         if config.layer == classifier.WEIGHTED:
             raise ValueError("layer='weighted' needs a classifier checkpoint")
         return {"encoder": jax.jit(init)(jax.random.key(seed))["params"]}
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = {"encoder": jax.eval_shape(init, jax.random.key(seed))["params"]}
-    num_layers, dim = config.encoder.num_layers + 1, config.encoder.model_dim
+    num_layers = config.encoder.num_layers + 1
     if config.layer == classifier.WEIGHTED:
         abstract["head"] = {"layer_logits": jax.ShapeDtypeStruct((num_layers,), jnp.float32)}
-
-    def placed(tree):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
-
-    params = checkpointing.restore_from(checkpoint, placed(abstract), params_only=True)
+    params = checkpointing.restore_from(
+        checkpoint, checkpointing.on_one_device(abstract), params_only=True
+    )
     if config.layer == classifier.WEIGHTED and classifier.STATISTICS in (
         checkpointing.saved_model_state(checkpoint)
     ):
-        statistics = {
-            "mean": jax.ShapeDtypeStruct((num_layers, dim), jnp.float32),
-            "projection": jax.ShapeDtypeStruct((num_layers, dim, dim), jnp.float32),
-        }
+        statistics = jax.eval_shape(
+            lambda: classifier.identity_statistics(num_layers, config.encoder.model_dim)
+        )
         saved = checkpointing.restore_part(
-            checkpoint, "model_state", placed({classifier.STATISTICS: statistics})
+            checkpoint,
+            "model_state",
+            checkpointing.on_one_device({classifier.STATISTICS: statistics}),
         )
         params[classifier.STATISTICS] = saved[classifier.STATISTICS]
     return params

@@ -101,16 +101,11 @@ def restore_variables(model: Any, step_dir: epath.Path) -> dict[str, Any]:
       from its model state.
     """
     boxed = jax.eval_shape(model.init_variables, jax.random.key(0), example_batch())
-    abstract = dict(nn.unbox(boxed))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-    def targets(tree):
-        return checkpointing.abstract_state(tree, jax.tree.map(lambda _: device, tree))
-
+    abstract = checkpointing.on_one_device(dict(nn.unbox(boxed)))
     params = abstract.pop("params")
-    variables = {"params": checkpointing.restore_part(step_dir, "params", targets(params))}
+    variables = {"params": checkpointing.restore_part(step_dir, "params", params)}
     if abstract:
-        variables.update(checkpointing.restore_part(step_dir, "model_state", targets(abstract)))
+        variables.update(checkpointing.restore_part(step_dir, "model_state", abstract))
     return variables
 
 

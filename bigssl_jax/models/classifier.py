@@ -183,6 +183,14 @@ def pca_whitening(x: np.ndarray, ridge: float = 1e-4) -> tuple[np.ndarray, np.nd
     return mean, vectors * scale
 
 
+def identity_statistics(num_layers: int, dim: int) -> dict[str, jax.Array]:
+    """The whitening before it is fitted: mean [L, D] zeros, projection [L, D, D] identities."""
+    return {
+        "mean": jnp.zeros((num_layers, dim)),
+        "projection": jnp.broadcast_to(jnp.eye(dim), (num_layers, dim, dim)),
+    }
+
+
 def whiten(pooled: jax.Array, statistics: Mapping[str, jax.Array]) -> jax.Array:
     """Layer l of pooled [B, L, D] -> (pooled_l - mean_l) @ projection_l (the first L layers)."""
     num_layers = pooled.shape[1]
@@ -325,11 +333,7 @@ class ClassifierTrainModel:
         head_params = self.head.init(head_rng, pooled)["params"]
         variables = {"params": {"encoder": encoder_params, "head": head_params}}
         if self.statistics_batches:
-            shape = (self.num_layers, self.encoder.model_dim)
-            variables[STATISTICS] = {
-                "mean": jnp.zeros(shape),
-                "projection": jnp.broadcast_to(jnp.eye(shape[1]), (*shape, shape[1])),
-            }
+            variables[STATISTICS] = identity_statistics(self.num_layers, self.encoder.model_dim)
         return variables
 
     def statistics_features(self, variables: Mapping[str, Any], batch: Batch) -> jax.Array:
