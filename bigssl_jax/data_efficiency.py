@@ -16,18 +16,20 @@ fine-tuning gin and the same step budget are compared:
 Stages (each finds its finished output and skips; interrupted training resumes):
 
 1. inputs:   the pipeline's stages 1-4 (corpus, prepare, vocab, batches) for the preset.
-2. corpora:  per fraction, the derived corpus `<corpus>_f<pct>` (e.g. `embedded_small_f10`):
-             its `labeled` split is a random subset of round(f * N) of the N labeled
-             utterances, drawn with `--seed`; its `unlabeled` split is the corpus's unlabeled
-             split plus the rest of the pool with transcripts hidden; dev / test / test_clean
-             are the corpus's own shards (registered again, not copied). f = 1 re-registers the
-             corpus's labeled and unlabeled splits too. Each gets its own vocabulary, trained
-             on its labeled split.
+2. corpora:  per fraction f < 1, the derived corpus `<corpus>_f<pct>` (e.g.
+             `embedded_small_f10`): its `labeled` split is a random subset of round(f * N) of
+             the N labeled utterances, drawn with `--seed`; its `unlabeled` split is the
+             corpus's unlabeled split plus the rest of the pool with transcripts hidden; dev /
+             test / test_clean are the corpus's own shards (registered again, not copied). It
+             gets its own vocabulary, trained on its labeled split. f = 1 is the corpus itself.
 3. pretrain: one self-supervised pre-training on the corpus, shared by every fraction (the
              unlabeled audio it sees is unlabeled in every fraction); the pipeline's own
              pre-training of the preset (`bigssl pipeline`), the same run, when it is done.
 4. arms:     per fraction and seed, the three arms with `CORPUS = '<corpus>_f<pct>'` and
-             `TrainerConfig.seed = <seed>` bound.
+             `TrainerConfig.seed = <seed>` bound. At f = 1 and the pipeline's seed (the
+             trainer's default) the arms are the pipeline's baseline, teacher and student_1,
+             the same runs: when the pipeline has trained all three, they are scored there
+             instead of trained again.
 5. evaluate: WER of every model on dev, test and test_clean, then `results.json` (one row
              per fraction, seed and arm, and the mean over seeds), `results.md` (test, dev
              and test_clean tables, with the relative WER reduction of self-training over
@@ -108,6 +110,8 @@ def make_labeled_share(
 ) -> LabeledShare:
     """Stage 2 for one fraction: prepares and registers `<corpus>_f<pct>` and its vocabulary.
 
+    Fraction 1 is `corpus` itself: nothing is prepared.
+
     Args:
       data_dir: the data directory holding the prepared embedded `corpus`.
       corpus: registry name of the embedded corpus prepared from `root`.
@@ -118,27 +122,26 @@ def make_labeled_share(
       jobs: worker processes writing shards.
 
     Returns:
-      The derived corpus and the size of its labeled split.
+      The derived corpus (or `corpus`) and the size of its labeled split.
     """
     registry = registry_lib.CorpusRegistry(paths.registry_path(data_dir))
+    if fraction == 1.0:
+        info = registry.split(corpus, "labeled")
+        return LabeledShare(fraction, corpus, info.num_examples, info.hours)
     base = registry.splits(corpus)
     name = f"{corpus}_{fraction_tag(fraction)}"
     start = time.perf_counter()
     description = f"{fraction:g} of {corpus}/labeled labeled (seed {seed})"
-    if fraction == 1.0:
-        for split in ("labeled", "unlabeled"):
-            registry.register_split(name, split, base[split], source=description)
-    else:
-        pool = sources.embedded_sources(root)
-        labeled, unlabeled = sources.split_labeled_pool(
-            pool["labeled"], pool["unlabeled"], fraction, seed
+    pool = sources.embedded_sources(root)
+    labeled, unlabeled = sources.split_labeled_pool(
+        pool["labeled"], pool["unlabeled"], fraction, seed
+    )
+    options = prepare.PrepareOptions(jobs=jobs)
+    for split, source in (("labeled", labeled), ("unlabeled", unlabeled)):
+        report = prepare.prepare_split(
+            source, data_dir=data_dir, corpus=name, split=split, options=options
         )
-        options = prepare.PrepareOptions(jobs=jobs)
-        for split, source in (("labeled", labeled), ("unlabeled", unlabeled)):
-            report = prepare.prepare_split(
-                source, data_dir=data_dir, corpus=name, split=split, options=options
-            )
-            pipeline.print_stage("corpora", report.summary(), start)
+        pipeline.print_stage("corpora", report.summary(), start)
     for split in pipeline.EVAL_SPLITS:
         if split in base:
             registry.register_split(name, split, base[split], source=description)
@@ -148,6 +151,41 @@ def make_labeled_share(
     )
     pipeline.ensure_vocabulary(data_dir, name, vocab_size)
     return LabeledShare(fraction, name, info.num_examples, info.hours)
+
+
+# The pipeline's stage that is each arm at f = 1 and the pipeline's seed.
+PIPELINE_STAGES = {"supervised": "baseline", "pretrained": "teacher", "self_trained": "student_1"}
+
+
+def pipeline_seed() -> int:
+    """The training seed of the pipeline's runs: it binds none, so the trainer's default."""
+    from bigssl_jax import trainer
+
+    fields = {field.name: field for field in dataclasses.fields(trainer.TrainerConfig)}
+    return fields["seed"].default
+
+
+def pipeline_arms(
+    pipeline_runner: pipeline.Runner, share: LabeledShare, seed: int
+) -> dict[str, dict[str, float]] | None:
+    """Stages 4-5 done by the pipeline: at f = 1 and the pipeline's seed, when it has trained
+    all three arms (`PIPELINE_STAGES`), their WER per split (scored by its own `evaluate_*`
+    stages, which run if missing); else None."""
+    if share.fraction != 1.0 or seed != pipeline_seed():
+        return None
+    runs = {arm: pipeline_runner.work_dir / stage for arm, stage in PIPELINE_STAGES.items()}
+    if not all((run_dir / pipeline.DONE).exists() for run_dir in runs.values()):
+        return None
+    start = time.perf_counter()
+    pipeline.print_stage(
+        f"{share.tag}_s{seed}",
+        f"the pipeline's {', '.join(PIPELINE_STAGES.values())} in {pipeline_runner.work_dir}",
+        start,
+    )
+    return {
+        arm: pipeline_runner.evaluate(PIPELINE_STAGES[arm], run_dir)
+        for arm, run_dir in runs.items()
+    }
 
 
 def run_arms(
@@ -314,11 +352,15 @@ def run(
     ]
     out_dir = work_dir(data_dir, preset_name)
     base = pipeline.Runner(preset, corpus, pathlib.Path(data_dir), out_dir)
-    pretrained = shared_pretraining(base, pipeline.work_dir(data_dir, preset_name))
+    pipeline_runner = dataclasses.replace(base, work_dir=pipeline.work_dir(data_dir, preset_name))
+    pretrained = shared_pretraining(base, pipeline_runner.work_dir)
     rows = []
     for share in shares:
         for seed in seeds:
-            for arm, wers in run_arms(base, share, seed, pretrained).items():
+            arms = pipeline_arms(pipeline_runner, share, seed)
+            if arms is None:
+                arms = run_arms(base, share, seed, pretrained)
+            for arm, wers in arms.items():
                 rows.append(
                     {
                         "fraction": share.fraction,

@@ -121,11 +121,15 @@ def test_labeled_shares_of_the_tiny_corpus(tmp_path):
     assert share(0.5) == half  # found: nothing is rewritten
     assert {f: os.stat(f).st_mtime_ns for f in shards} == shards
 
-    full = share(1.0)
-    assert (full.corpus, full.utterances) == ("embedded_tiny_f100", pool)
-    assert registry.splits("embedded_tiny_f100") == base
-    for corpus in ("embedded_tiny_f50", "embedded_tiny_f100"):
-        assert (tmp_path / "vocab" / f"{corpus}_32.model").is_file()
+    full = share(1.0)  # the corpus itself: nothing registered or trained
+    assert (full.corpus, full.utterances, full.hours) == (
+        "embedded_tiny",
+        pool,
+        base["labeled"].hours,
+    )
+    assert "embedded_tiny_f100" not in registry.corpora()
+    assert (tmp_path / "vocab" / "embedded_tiny_f50_32.model").is_file()
+    assert not (tmp_path / "vocab" / "embedded_tiny_f100_32.model").exists()
 
 
 def _run_experiment(data_dir, *args):
@@ -149,6 +153,45 @@ def test_pretraining_is_the_pipelines_when_it_is_done(tmp_path, monkeypatch):
     (pipeline_dir / "pretrain" / pipeline.DONE).write_text("{}\n")
     assert data_efficiency.shared_pretraining(runner, pipeline_dir) == pipeline_dir / "pretrain"
     assert trained == ["pretrain"]
+
+
+def test_full_fraction_at_the_pipelines_seed_is_the_pipelines_runs(tmp_path, monkeypatch):
+    from bigssl_jax import pipeline
+
+    pipeline_runner = pipeline.Runner(
+        pipeline.PRESETS["smoke"], "c", tmp_path, pipeline.work_dir(tmp_path, "smoke")
+    )
+    ran = []
+
+    def fake_run(self, name, command, *args):
+        ran.append((self.work_dir.name, name))
+        stage_dir = self.work_dir / name
+        scores = {"results": {"test": {"wer": len(name) / 100}}}
+        (stage_dir / "results.json").write_text(json.dumps(scores))
+        return stage_dir
+
+    monkeypatch.setattr(pipeline.Runner, "run", fake_run)
+    full = data_efficiency.LabeledShare(1.0, "c", 10, 0.01)
+    half = data_efficiency.LabeledShare(0.5, "c_f50", 5, 0.005)
+    seed = data_efficiency.pipeline_seed()
+    assert seed == 0
+    assert data_efficiency.pipeline_arms(pipeline_runner, full, seed) is None  # not trained yet
+    for stage in ("baseline", "teacher", "student_1"):
+        (pipeline_runner.work_dir / stage).mkdir(parents=True)
+        (pipeline_runner.work_dir / f"evaluate_{stage}").mkdir()
+        (pipeline_runner.work_dir / stage / pipeline.DONE).write_text("{}\n")
+    assert data_efficiency.pipeline_arms(pipeline_runner, half, seed) is None
+    assert data_efficiency.pipeline_arms(pipeline_runner, full, seed + 1) is None
+    assert ran == []
+
+    arms = data_efficiency.pipeline_arms(pipeline_runner, full, seed)
+    assert arms == {
+        "supervised": {"test": len("evaluate_baseline") / 100},
+        "pretrained": {"test": len("evaluate_teacher") / 100},
+        "self_trained": {"test": len("evaluate_student_1") / 100},
+    }
+    stages = ["evaluate_baseline", "evaluate_teacher", "evaluate_student_1"]
+    assert ran == [("smoke", stage) for stage in stages]  # scored in the pipeline's own dir
 
 
 def test_bad_experiment_and_fractions_are_one_line_errors(tmp_path):

@@ -73,6 +73,36 @@ def test_rnnt_smoke_experiment_trains_and_scores(data_dir, tmp_path):
     assert "'wer'" in done.stdout and "rnnt_loss" in done.stdout
 
 
+def test_probe_trains_on_whitened_layers_and_evaluate_reproduces_its_score(data_dir, tmp_path):
+    run = tmp_path / "probe"
+    done = _bigssl(
+        "train",
+        "--gin_file=experiments/probe_accent_smoke.gin",
+        "--gin_bindings=NUM_CLASSES = 2",
+        "--gin_bindings=ClassifierTrainModel.statistics_batches = 2",
+        f"--model_dir={run}",
+        f"--data_dir={data_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    trained = run / "eval" / "4"
+    report = json.loads((trained / "classification.json").read_text())
+    assert report["metrics"]["num_utterances"] == 8 and report["label_names"] == ["gb", "us"]
+
+    scored = _bigssl(
+        "evaluate",
+        f"--checkpoint={run}",
+        f"--data_dir={data_dir}",
+        "--splits=dev",
+        f"--output_dir={tmp_path / 'evaluate'}",
+    )
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    results = json.loads((tmp_path / "evaluate" / "results.json").read_text())
+    assert results["step"] == 4
+    assert results["results"]["dev"]["accuracy"] == report["metrics"]["accuracy"]
+    predictions = (tmp_path / "evaluate" / "dev" / "predictions.tsv").read_text()
+    assert predictions == (trained / "predictions.tsv").read_text()
+
+
 def test_evaluate_writes_every_split_and_a_summary(ctc_run, data_dir, tmp_path):
     done = _bigssl(
         "evaluate",

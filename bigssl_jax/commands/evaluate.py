@@ -61,6 +61,7 @@ def evaluate(
     model = asr.with_beam_size(loaded.model, beam_size)
     experiment = configurables.ExperimentConfig()
     names = train_command.register_tasks(experiment, data_dir)
+    model = train_command.with_label_names(model, experiment, data_dir)
     tasks = {s: corpus_tasks.task_name(experiment.corpus, s, experiment.task_kind) for s in splits}
     inputs = {
         split: train_command.eval_input_config(task, model)

@@ -62,6 +62,18 @@ def register_tasks(experiment, data_dir) -> list[str]:
     return names
 
 
+def with_label_names(model, experiment, data_dir):
+    """A classifier (a model with `label_names`) of a classification task gets the task's
+    class names, for its reports."""
+    from bigssl_tasks import classification_tasks
+
+    field = classification_tasks.field_of_kind(experiment.task_kind)
+    if field is None or not hasattr(model, "label_names"):
+        return model
+    names = classification_tasks.load_labels(data_dir, experiment.corpus, field)
+    return dataclasses.replace(model, label_names=names)
+
+
 def _host_iterator(config, shard):
     """This process's batches of `config`, agreeing with the other processes on shapes and
     checkpointed positions (`distributed.MultiHostIterator`)."""
@@ -160,6 +172,7 @@ def run(model_dir: str, data_dir) -> int:
     model = experiment.model
     try:
         model = _with_vocabulary(model, experiment.corpus, data_dir, model_dir)
+        model = with_label_names(model, experiment, data_dir)
         train_config = _input_config("train", task(experiment.train_split))
         pseudo_tasks = register_pseudo_labeled_tasks(experiment)
         eval_iter_fn = None

@@ -292,6 +292,8 @@ class ClassifierTrainModel:
       log_mel: log-mel front end settings.
       statistics_batches: training batches the per-layer whitening is fitted on before the
         first step (0: the head reads the raw pooled outputs).
+      label_names: class names by id, for the reports (`bigssl train` and `bigssl evaluate`
+        fill them from the task's label list).
     """
 
     encoder: encoder_lib.EncoderConfig
@@ -300,6 +302,7 @@ class ClassifierTrainModel:
     freeze_encoder: bool = True
     log_mel: frontend.LogMelConfig = frontend.LogMelConfig()
     statistics_batches: int = 32
+    label_names: tuple[str, ...] = ()
     rng_streams: tuple[str, ...] = RNG_STREAMS
 
     def __post_init__(self):
@@ -423,4 +426,5 @@ class ClassifierTrainModel:
             ids=tuple(ids),
             labels=labels,
             predictions=predictions,
+            label_names=self.label_names,
         )
