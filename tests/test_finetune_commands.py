@@ -114,6 +114,7 @@ def test_evaluate_writes_every_split_and_a_summary(ctc_run, data_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["step"] == 2 and set(results["results"]) == {"dev", "test"}
+    assert results["checkpoint"] == str(ctc_run / "checkpoints" / "2")  # the step scored
     assert "evaluate: test: wer" in done.stdout
     worst = json.loads((tmp_path / "test" / "worst.json").read_text())
     assert len(worst) == 8 and worst[0]["errors"] >= worst[-1]["errors"]
@@ -128,7 +129,8 @@ def test_evaluate_fuses_a_language_model_of_the_same_vocabulary(ctc_run, data_di
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "fused" / "results.json").read_text())
-    assert set(results["results"]) == {"dev", "test"} and results["lm"] == str(tmp_path / "lm")
+    assert set(results["results"]) == {"dev", "test"}
+    assert results["lm"] == str(tmp_path / "lm" / "checkpoints" / "1")  # the step fused
     assert results["decoding"]["lm_weight"] == 0.5 and results["decoding"]["beam_size"] == 2
     write_lm_run(tmp_path / "lm40", vocab_size=40)
     mismatched = _bigssl("evaluate", *flags, f"--lm_checkpoint={tmp_path / 'lm40'}")

@@ -9,8 +9,9 @@ Rebuilds the model from the run's `config.gin` (or `--gin_file`), restores the c
 input settings from the gin's `eval/InputConfig`, one pass, no shuffling): WER and CER for
 ASR models, accuracy and a confusion matrix for classifiers. Writes per split
 `<output_dir>/<split>/` (the report's files: `wer.json`, `transcripts.tsv`, `worst.json` for
-ASR), `<output_dir>/results.json` with every split's metrics and the decoding settings, and
-TensorBoard scalars `<split>/<metric>` at the checkpoint's step; prints one line per split.
+ASR), `<output_dir>/results.json` with every split's metrics, the step directories scored
+(model and fused LM) and the decoding settings, and TensorBoard scalars `<split>/<metric>` at
+the checkpoint's step; prints one line per split.
 `--lm_checkpoint` (a `bigssl train-lm` run over the same vocabulary) shallow-fuses its LM
 into the beam search with weight `--lm_weight` (`inference.with_fusion_lm`).
 
@@ -52,7 +53,7 @@ def evaluate(
     import jax
     from clu import metric_writers
 
-    from bigssl_jax import configurables, inference, input_pipeline, paths
+    from bigssl_jax import checkpointing, configurables, inference, input_pipeline, paths
     from bigssl_jax.commands import train as train_command
     from bigssl_jax.models import asr
     from bigssl_tasks import corpus_tasks
@@ -84,10 +85,12 @@ def evaluate(
         print(f"evaluate: {split}: {shown}", flush=True)
     writer.flush()
     output_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"checkpoint": str(checkpoint), "step": loaded.step, "results": results}
+    step_dir = checkpointing.checkpoint_dir(loaded.run_dir) / str(loaded.step)
+    summary = {"checkpoint": str(step_dir), "step": loaded.step, "results": results}
     if hasattr(model, "decoding"):
         summary["decoding"] = dataclasses.asdict(model.decoding)
-        summary["lm"] = str(lm_checkpoint or "")
+        lm_step_dir = checkpointing.resolve_init_checkpoint(lm_checkpoint) if lm_checkpoint else ""
+        summary["lm"] = str(lm_step_dir)
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     return results
 
