@@ -282,6 +282,7 @@ def plot_results(means: list[dict], path: pathlib.Path) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib import ticker
 
     split = next(s for s in TABLE_SPLITS if any(s in m["wer"] for m in means))
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -295,6 +296,9 @@ def plot_results(means: list[dict], path: pathlib.Path) -> None:
             hours, wers, stds = zip(*points, strict=True)
             axis.errorbar(hours, wers, yerr=stds, marker="o", capsize=3, label=arm)
     axis.set_xscale("log")
+    hours = sorted({m["labeled_hours"] for m in means})
+    axis.set_xticks(hours, [f"{h:.3g}" for h in hours])
+    axis.xaxis.set_minor_formatter(ticker.NullFormatter())
     axis.set_xlabel("labeled hours")
     axis.set_ylabel(f"{split} WER (%)")
     axis.set_title("WER against labeled data")
