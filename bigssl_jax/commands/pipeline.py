@@ -15,7 +15,7 @@ _PRESET = flags.DEFINE_enum(
     "preset",
     "demo",
     list(pipeline.PRESETS),
-    "smoke (tiny corpus, minutes), demo (small corpus, ~45-50 min) or small (~2.5 h).",
+    "smoke (tiny corpus, minutes), demo (small corpus, ~42 min) or small (~2.5 h).",
 )
 
 
