@@ -75,7 +75,7 @@ def load_params(
 
     Args:
       config: the embedding settings (the encoder config must match the checkpoint's).
-      checkpoint: a run, checkpoints or step directory (`checkpointing.restore_from`);
+      checkpoint: a run, checkpoints or step directory (its latest finalised step);
         None draws a random initialisation (the baseline of a probe comparison).
       seed: seed of the random initialisation.
 
@@ -93,21 +93,20 @@ def load_params(
         if config.layer == classifier.WEIGHTED:
             raise ValueError("layer='weighted' needs a classifier checkpoint")
         return {"encoder": jax.jit(init)(jax.random.key(seed))["params"]}
+    step_dir = checkpointing.resolve_init_checkpoint(checkpoint)  # every read from one step
     abstract = {"encoder": jax.eval_shape(init, jax.random.key(seed))["params"]}
     num_layers = config.encoder.num_layers + 1
     if config.layer == classifier.WEIGHTED:
         abstract["head"] = {"layer_logits": jax.ShapeDtypeStruct((num_layers,), jnp.float32)}
-    params = checkpointing.restore_from(
-        checkpoint, checkpointing.on_one_device(abstract), params_only=True
-    )
+    params = checkpointing.restore_part(step_dir, "params", checkpointing.on_one_device(abstract))
     if config.layer == classifier.WEIGHTED and classifier.STATISTICS in (
-        checkpointing.saved_model_state(checkpoint)
+        checkpointing.saved_model_state(step_dir)
     ):
         statistics = jax.eval_shape(
             lambda: classifier.identity_statistics(num_layers, config.encoder.model_dim)
         )
         saved = checkpointing.restore_part(
-            checkpoint,
+            step_dir,
             "model_state",
             checkpointing.on_one_device({classifier.STATISTICS: statistics}),
         )
