@@ -69,7 +69,9 @@ def evaluate(
         for split, task in tasks.items()
         if task in names
     }
-    model = inference.with_fusion_lm(model, lm_checkpoint, lm_weight)  # may clear gin
+    # The LM's step is resolved once, so the step fused is the step results.json names.
+    lm_step_dir = checkpointing.resolve_init_checkpoint(lm_checkpoint) if lm_checkpoint else None
+    model = inference.with_fusion_lm(model, lm_step_dir, lm_weight)  # may clear gin
     output_dir = paths.as_path(output_dir or loaded.run_dir / "evaluate" / str(loaded.step))
     writer = metric_writers.create_default_writer(
         str(output_dir), just_logging=jax.process_index() > 0
@@ -89,8 +91,7 @@ def evaluate(
     summary = {"checkpoint": str(step_dir), "step": loaded.step, "results": results}
     if hasattr(model, "decoding"):
         summary["decoding"] = dataclasses.asdict(model.decoding)
-        lm_step_dir = checkpointing.resolve_init_checkpoint(lm_checkpoint) if lm_checkpoint else ""
-        summary["lm"] = str(lm_step_dir)
+        summary["lm"] = str(lm_step_dir or "")
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     return results
 

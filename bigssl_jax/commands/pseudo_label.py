@@ -67,9 +67,10 @@ def _teacher(checkpoint: str):
     )
     model = dataclasses.replace(teacher.model, decoding=decoding)
     lm_checkpoint = common_flags.LM_CHECKPOINT.value
-    model = inference.with_fusion_lm(model, lm_checkpoint, common_flags.LM_WEIGHT.value)
-    lm_name = str(checkpointing.resolve_init_checkpoint(lm_checkpoint)) if lm_checkpoint else ""
-    return dataclasses.replace(teacher, model=model), lm_name
+    # Resolved once: the step fused is the step the manifest names.
+    lm_step_dir = checkpointing.resolve_init_checkpoint(lm_checkpoint) if lm_checkpoint else None
+    model = inference.with_fusion_lm(model, lm_step_dir, common_flags.LM_WEIGHT.value)
+    return dataclasses.replace(teacher, model=model), str(lm_step_dir or "")
 
 
 def _run(data_dir) -> int:
