@@ -105,11 +105,14 @@ def test_outputs_shapes_masks_and_codes():
     assert np.all(mask.sum(axis=1) >= np.minimum(valid.sum(axis=1), 10))
     np.testing.assert_array_equal(mask[2:4], valid[2:4])
     assert float(out.temperature) == 2.0
-    # The quantised targets are codebook entries: group g of q is codebook[g, ids[g]].
+    # The targets are the chosen codebook entries (group g: codebook[g, ids[g]]), projected:
+    # q = e W_q + b_q.
     codebook = np.asarray(params["quantizer"]["gumbel"]["codebook"])
     ids = np.asarray(out.targets.ids)
-    expected = np.concatenate([codebook[g][ids[..., g]] for g in range(2)], axis=-1)
-    np.testing.assert_allclose(out.targets.vectors, expected, rtol=1e-6)
+    entries = np.concatenate([codebook[g][ids[..., g]] for g in range(2)], axis=-1)
+    project = params["quantizer"]["project"]
+    expected = entries @ np.asarray(project["kernel"]) + np.asarray(project["bias"])
+    np.testing.assert_allclose(out.targets.vectors, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_loss_is_the_weighted_sum_of_the_terms():
@@ -144,6 +147,7 @@ def test_gradients_are_finite_and_reach_encoder_quantizer_and_mask_embedding():
         grads["encoder"]["stages_0"],
         grads["quantizer"]["gumbel"]["logits_kernel"],
         grads["quantizer"]["gumbel"]["codebook"],
+        grads["quantizer"]["project"],
         grads["mask_embedding"],
         grads["final_projection"],
     ):

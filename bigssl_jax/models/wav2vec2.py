@@ -4,7 +4,7 @@ For a batch of waveforms, with the Conformer's convolutional subsampling as the 
 
   features = LogMel(audio)                                  [B, T, F]
   x = ConformerEncoder.embed(features)                      [B, T', D]   (T' = T / 4)
-  q, ids, p = GumbelVQ_tau(x)                               [B, T', C], [B, T', G], [B, T', G, V]
+  e, ids, p = GumbelVQ_tau(x); q = e W_q + b_q              [B, T', C], [B, T', G], [B, T', G, V]
         or q = x W (linear targets)                         [B, T', C]
   mask = span_mask(T'); x[t] = m (a learned vector) where mask[t]
   c = P ConformerEncoder.encode(x)                          [B, T', C]
@@ -151,6 +151,13 @@ class ContrastiveTargets(nn.Module):
     pairwise cosine ~0.75 at init on the embedded corpus), and without it every frame picks
     the same few codes and the codebook collapses within tens of steps.
 
+    The chosen code vectors e then pass through a learned affine map, q = e W_q + b_q
+    (fairseq's `project_q`). The codebook starts uniform in [0, 1) (fairseq), so two
+    different codes have cosine ~0.75; with the codes themselves as targets even a context
+    equal to its target scores a distractor only (1 - 0.75) / kappa below the positive,
+    and the contrastive loss cannot fall below ~1.7 at K = 50. The projection (and its bias)
+    can take that common component out.
+
     Attributes:
       config: the objective settings (target kind, codebook shape).
       dtype: compute dtype.
@@ -178,7 +185,14 @@ class ContrastiveTargets(nn.Module):
             dtype=self.dtype,
             name="gumbel",
         )(x, temperature=temperature, deterministic=not train)
-        return Targets(out.quantized, out.ids, out.probs)
+        vectors = nn.DenseGeneral(
+            config.code_dim,
+            dtype=self.dtype,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, "kv")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("kv",)),
+            name="project",
+        )(out.quantized)
+        return Targets(vectors, out.ids, out.probs)
 
 
 class MaskEmbedding(nn.Module):
