@@ -135,6 +135,7 @@ def _our_step_flops(args, config, model, num_frames: int) -> float:
     forward = (
         2 * frames * MODEL_DIM * codes  # quantiser logits
         + 2 * frames * codes * objective.code_dim // objective.num_groups
+        + 2 * frames * objective.code_dim * objective.code_dim  # target projection
         + 2 * frames * MODEL_DIM * objective.code_dim  # final projection
         + 2 * frames * (1 + objective.num_negatives) * objective.code_dim
     )
