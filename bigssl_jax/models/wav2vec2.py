@@ -127,6 +127,25 @@ def stacked_span_mask(
     return mask, input_mask
 
 
+def code_projection(
+    code_dim: int, dtype: jnp.dtype, name: str, *, input_axis: str | None
+) -> nn.Module:
+    """An affine map to the target width: [B, T, D_in] -> [B, T, C].
+
+    Context vectors come from the model dimension (`input_axis='embed'`); code vectors have
+    no partitioned axis (None).
+    """
+    return nn.DenseGeneral(
+        code_dim,
+        dtype=dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), (input_axis, "kv")
+        ),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("kv",)),
+        name=name,
+    )
+
+
 @flax.struct.dataclass
 class Targets:
     """Contrastive targets of every frame.
@@ -185,13 +204,9 @@ class ContrastiveTargets(nn.Module):
             dtype=self.dtype,
             name="gumbel",
         )(x, temperature=temperature, deterministic=not train)
-        vectors = nn.DenseGeneral(
-            config.code_dim,
-            dtype=self.dtype,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, "kv")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("kv",)),
-            name="project",
-        )(out.quantized)
+        vectors = code_projection(config.code_dim, self.dtype, "project", input_axis=None)(
+            out.quantized
+        )
         return Targets(vectors, out.ids, out.probs)
 
 
@@ -211,17 +226,6 @@ class MaskEmbedding(nn.Module):
             jnp.float32,
         )
         return jnp.where(mask[..., None], embedding.astype(x.dtype), x)
-
-
-def context_projection(code_dim: int, dtype: jnp.dtype, name: str) -> nn.Module:
-    """The linear map of context vectors to the target width: [B, T, D] -> [B, T, C]."""
-    return nn.DenseGeneral(
-        code_dim,
-        dtype=dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "kv")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("kv",)),
-        name=name,
-    )
 
 
 @flax.struct.dataclass
@@ -327,7 +331,9 @@ def masked_contrastive_forward(
     x = MaskEmbedding(name="mask_embedding")(x, input_mask)
     stages = encoder.encode(x, paddings, train=train)
     context, paddings = stages[contrastive_stage]
-    context = context_projection(objective.code_dim, dtype, "final_projection")(context)
+    context = code_projection(objective.code_dim, dtype, "final_projection", input_axis="embed")(
+        context
+    )
     out = Wav2Vec2Output(
         context=context, targets=targets, mask=mask, paddings=paddings, temperature=temperature
     )
