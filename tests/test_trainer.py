@@ -369,6 +369,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_parameters(tmp_path):
     [
         ("experiments/pretrain_best_rq_smoke.gin", "embedded_tiny", 2, 64, 4),
         ("experiments/pretrain_best_rq_small.gin", "embedded_small", 4, 144, 1500),
+        ("experiments/pretrain_wav2vec2_small.gin", "embedded_small", 4, 144, 2500),
+        ("experiments/pretrain_w2v_bert_small.gin", "embedded_small", 4, 144, 2500),
     ],
 )
 def test_experiment_gins_build(name, corpus, num_layers, model_dim, num_steps):
