@@ -52,6 +52,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -265,10 +266,51 @@ def restore_part(path: os.PathLike | str, part: str, abstract: Any) -> Any:
 
 def saved_model_state(path: os.PathLike | str) -> tuple[str, ...]:
     """The collections of the model state saved in another run's checkpoint (sorted)."""
-    step_dir = resolve_init_checkpoint(path)
+    return tuple(sorted(_saved_tree(path).get("model_state") or ()))
+
+
+def saved_params(path: os.PathLike | str) -> Mapping[str, Any]:
+    """The saved params tree of another run's checkpoint: leaves carry `.shape` and `.dtype`
+    (Orbax array metadata); nothing is read but the metadata."""
+    return _saved_tree(path)["params"]
+
+
+def read_params_to_host(path: os.PathLike | str, scope: str) -> dict[str, Any]:
+    """The saved params subtree `scope` of another run's checkpoint, as numpy arrays in the
+    layout it was saved with (every process reads all of it)."""
+    item = {"params": {scope: saved_params(path)[scope]}}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     with ocp.PyTreeCheckpointer() as checkpointer:
-        tree = checkpointer.metadata(step_dir / STATE).item_metadata
-    return tuple(sorted(tree.get("model_state") or ()))
+        restored = checkpointer.restore(
+            resolve_init_checkpoint(path) / STATE,
+            args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+        )
+    return restored["params"][scope]
+
+
+def place(host: Any, abstract: Any) -> Any:
+    """Host arrays as global arrays with the shapes, dtypes and shardings of `abstract`.
+
+    Raises:
+      ValueError: a leaf's shape differs from its target's (the path is named).
+    """
+
+    def one(path, array, target):
+        if array.shape != target.shape:
+            raise ValueError(
+                f"{jax.tree_util.keystr(path)}: the checkpoint has shape {array.shape}, "
+                f"the model {target.shape}"
+            )
+        array = np.asarray(array, target.dtype)
+        return jax.make_array_from_callback(target.shape, target.sharding, lambda i: array[i])
+
+    return jax.tree_util.tree_map_with_path(one, host, abstract)
+
+
+def _saved_tree(path: os.PathLike | str) -> Mapping[str, Any]:
+    """The metadata tree of the state saved in another run's checkpoint."""
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.metadata(resolve_init_checkpoint(path) / STATE).item_metadata
 
 
 class PreemptionHandler:

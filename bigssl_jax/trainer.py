@@ -52,6 +52,7 @@ from clu import metrics as clu_metrics
 from bigssl_jax import checkpointing, optimizers, partitioning, paths
 from bigssl_jax import train_state as train_state_lib
 from bigssl_jax.models import base
+from bigssl_jax.models import encoder as encoder_lib
 
 TrainState = train_state_lib.TrainState
 NONFINITE = "nonfinite"
@@ -78,7 +79,8 @@ class TrainerConfig:
       init_params_only: take only the params of `init_checkpoint` (fresh optimizer, step 0).
       init_params_scopes: with `init_params_only`, take only these top-level params subtrees
         (e.g. ('encoder',) to fine-tune a pre-trained encoder: the pre-training heads are
-        dropped and the new heads keep their fresh init); empty takes every param.
+        dropped and the new heads keep their fresh init; an encoder saved with other stage
+        cuts, such as w2v-BERT's, is regrouped); empty takes every param.
       async_checkpointing: write checkpoints in a background thread.
     """
 
@@ -288,9 +290,10 @@ def _state_factory(model: base.TrainModel, tx: optax.GradientTransformation, bat
     return functools.partial(init_state, model, tx, batch=_shapes(batch))
 
 
-def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest):
+def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest, encoder=None):
     """The state by the restore order (resume > init_checkpoint > scratch), its shardings, and
-    whether its model state is freshly initialised (False when a whole state was restored)."""
+    whether its model state is freshly initialised (False when a whole state was restored).
+    `encoder`: the model's `EncoderConfig`, if any (see `_restore_params`)."""
     with nn.logical_axis_rules(()):
         boxed = jax.eval_shape(init_fn, rng)
     shardings = partitioning.state_shardings(boxed, mesh, rules)
@@ -304,7 +307,7 @@ def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest):
     with nn.logical_axis_rules(()), jax.set_mesh(mesh):
         state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
     if config.init_checkpoint:
-        params = _restore_params(config, abstract.params, state.params)
+        params = _restore_params(config, abstract.params, state.params, encoder)
         state = state.replace(
             params=params,
             opt_state=jax.jit(state.tx.init, out_shardings=shardings.opt_state)(params),
@@ -312,8 +315,12 @@ def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest):
     return state, shardings, True
 
 
-def _restore_params(config: TrainerConfig, abstract_params, fresh_params):
-    """`init_checkpoint`'s params, or only its `init_params_scopes` with the rest `fresh_params`."""
+def _restore_params(config: TrainerConfig, abstract_params, fresh_params, encoder: Any = None):
+    """`init_checkpoint`'s params, or only its `init_params_scopes` with the rest `fresh_params`.
+
+    An 'encoder' scope saved with other stage cuts than `encoder` (the model's
+    `EncoderConfig`, if it has one) is regrouped (`encoder.restage_params`).
+    """
     scopes = config.init_params_scopes
     if not scopes:
         return checkpointing.restore_from(config.init_checkpoint, abstract_params, params_only=True)
@@ -323,9 +330,36 @@ def _restore_params(config: TrainerConfig, abstract_params, fresh_params):
             f"init_params_scopes {missing} are not params of this model "
             f"(top-level params: {sorted(abstract_params)})"
         )
+    saved = checkpointing.saved_params(config.init_checkpoint)
+    absent = [scope for scope in scopes if scope not in saved]
+    if absent:
+        raise ValueError(
+            f"init_params_scopes {absent} are not in the params of {config.init_checkpoint} "
+            f"(top-level params: {sorted(saved)})"
+        )
     wanted = {scope: abstract_params[scope] for scope in scopes}
-    restored = checkpointing.restore_from(config.init_checkpoint, wanted, params_only=True)
+    restored = {}
+    if (
+        "encoder" in wanted
+        and encoder is not None
+        and _param_shapes(saved["encoder"]) != _param_shapes(wanted["encoder"])
+    ):
+        # Saved with other stage cuts (e.g. w2v-BERT's): the same blocks, regrouped.
+        logging.info("init from %s: regrouping the encoder's blocks", config.init_checkpoint)
+        host = checkpointing.read_params_to_host(config.init_checkpoint, "encoder")
+        restaged = encoder_lib.restage_params(host, encoder)
+        restored["encoder"] = checkpointing.place(restaged, wanted.pop("encoder"))
+    if wanted:
+        restored.update(
+            checkpointing.restore_from(config.init_checkpoint, wanted, params_only=True)
+        )
     return {**fresh_params, **restored}
+
+
+def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{path: shape} of a params tree (arrays, abstract arrays or Orbax metadata)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def fit_statistics(
@@ -555,8 +589,16 @@ class _Run:
         position = self.train_iter.get_state()
         batch = next(self.train_iter)
         init_fn = _state_factory(self.model, optimizers.make_optimizer(optimizer), batch)
+        encoder = getattr(self.model, "encoder", None)
         state, self.shardings, fresh_model_state = _init_or_restore(
-            init_fn, init_rng, self.mesh, self.rules, self.config, self.checkpointer, latest
+            init_fn,
+            init_rng,
+            self.mesh,
+            self.rules,
+            self.config,
+            self.checkpointer,
+            latest,
+            encoder if isinstance(encoder, encoder_lib.EncoderConfig) else None,
         )
         if (
             fresh_model_state

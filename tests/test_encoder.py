@@ -145,6 +145,40 @@ def test_split_layers_expose_stages_without_changing_outputs():
     np.testing.assert_allclose(results[-1][0], expected, atol=1e-5)
 
 
+# Four blocks with frame stacking before block 2, cut after blocks 1 and 3 (scanned stages).
+CUT = dataclasses.replace(
+    TINY, num_layers=4, use_relative_position=True, stacking_layer=2, split_layers=(1, 3)
+)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        dataclasses.replace(CUT, split_layers=()),
+        dataclasses.replace(CUT, split_layers=(), scan_layers=False),
+        dataclasses.replace(CUT, split_layers=(3,), scan_layers=False),
+    ],
+    ids=["no-cuts", "no-cuts-loop", "other-cut-loop"],
+)
+def test_restage_params_regroups_blocks_for_other_cuts(target):
+    features, paddings = _batch([24, 17], 24)
+    saved = jax.tree_util.tree_map(np.asarray, _variables(CUT)["params"])
+    restaged = encoder.restage_params(saved, target)
+    stages = [f"stages_{i}" for i in range(len(target.stages))]
+    assert sorted(restaged) == sorted(["stacking", "subsampling", *stages])
+    expected, _ = _apply(CUT, {"params": saved}, features, paddings)
+    actual, _ = _apply(target, {"params": restaged}, features, paddings)
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+    back = encoder.restage_params(restaged, CUT)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back, saved)
+
+
+def test_restage_params_rejects_another_depth():
+    saved = jax.tree_util.tree_map(np.asarray, _variables(CUT)["params"])
+    with pytest.raises(ValueError, match="saved encoder has 4 Conformer blocks, this one 6"):
+        encoder.restage_params(saved, dataclasses.replace(CUT, num_layers=6))
+
+
 def test_remat_policies_same_outputs_and_gradients():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, 6, TINY.model_dim)).astype(np.float32))

@@ -8,6 +8,7 @@ the toy model (the subprocess of the SIGKILL test):
     python tests/test_trainer.py MODEL_DIR NUM_STEPS KILL_AT_STEP
 """
 
+import dataclasses
 import functools
 import os
 import pathlib
@@ -23,6 +24,7 @@ import pytest
 
 from bigssl_jax import checkpointing, optimizers, partitioning, trainer
 from bigssl_jax.models import base
+from bigssl_jax.models import encoder as encoder_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FEATURES, BATCH = 16, 8
@@ -96,10 +98,10 @@ def _config(num_steps, **overrides):
     return trainer.TrainerConfig(**{**settings, **overrides})
 
 
-def _train(model_dir, num_steps, *, hooks=(), nan_from=None, **overrides):
+def _train(model_dir, num_steps, *, hooks=(), nan_from=None, model=None, **overrides):
     mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
     return trainer.train(
-        model=ToyModel(),
+        model=model or ToyModel(),
         optimizer=OPTIMIZER,
         config=_config(num_steps, **overrides),
         mesh=mesh,
@@ -267,6 +269,73 @@ def test_init_params_scopes_take_only_those_subtrees(tmp_path):
             init_checkpoint=str(tmp_path / "first"),
             init_params_only=True,
             init_params_scopes=("head",),
+        )
+
+
+class _EncoderNet(nn.Module):
+    """A head on the mean of a Conformer encoder (top-level params 'encoder', 'head') over
+    the toy inputs read as 8 frames x 2 features."""
+
+    config: encoder_lib.EncoderConfig
+
+    @nn.compact
+    def __call__(self, x, train):
+        features = x.reshape(x.shape[0], 8, 2)
+        paddings = jnp.zeros(features.shape[:2])
+        encoded, _ = encoder_lib.ConformerEncoder(self.config, name="encoder")(
+            features, paddings, train=train
+        )
+        return nn.Dense(1, name="head")(encoded.mean(axis=1))[:, 0]
+
+
+class ToyEncoderModel(ToyModel):
+    """`ToyModel`'s loss on `_EncoderNet`; `encoder` is its `EncoderConfig`, as in the ASR
+    and pre-training models."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+    def init_variables(self, rng, batch):
+        return dict(_EncoderNet(self.encoder).init(rng, jnp.zeros(batch["x"].shape), train=False))
+
+    def loss(self, variables, batch, rng, *, step, train):
+        rngs = base.split_rngs(rng, self.rng_streams)
+        pred = _EncoderNet(self.encoder).apply(variables, batch["x"], train, rngs=rngs)
+        weight = jnp.sum(batch["weights"])
+        loss = jnp.sum(batch["weights"] * jnp.square(pred - batch["y"])) / jnp.maximum(weight, 1.0)
+        return loss, {base.LOSS_WEIGHT: weight}
+
+
+def test_init_params_scopes_regroup_an_encoder_saved_with_other_cuts(tmp_path):
+    # w2v-BERT saves its encoder cut after the contrastive module; fine-tuning has no cut.
+    cut = encoder_lib.EncoderConfig(
+        input_dim=2, model_dim=8, num_layers=3, num_heads=2, conv_kernel_size=3,
+        subsampling_channels=2, split_layers=(1,),
+    )  # fmt: skip
+    plain = dataclasses.replace(cut, split_layers=())
+    pretrained = _params(_train(tmp_path / "cut", 2, model=ToyEncoderModel(cut)).state)
+    fresh = _params(_train(tmp_path / "fresh", 0, model=ToyEncoderModel(plain)).state)
+    tuned = _train(
+        tmp_path / "tuned",
+        0,
+        model=ToyEncoderModel(plain),
+        init_checkpoint=str(tmp_path / "cut"),
+        init_params_only=True,
+        init_params_scopes=("encoder",),
+    )
+    params = _params(tuned.state)
+    expected = encoder_lib.restage_params(pretrained["encoder"], plain)
+    jax.tree.map(np.testing.assert_array_equal, params["encoder"], expected)
+    jax.tree.map(np.testing.assert_array_equal, params["head"], fresh["head"])
+    _train(tmp_path / "toy", 2)  # params 'w' and 'v' only
+    with pytest.raises(ValueError, match="init_params_scopes \\['encoder'\\] are not in the"):
+        _train(
+            tmp_path / "from_toy",
+            0,
+            model=ToyEncoderModel(plain),
+            init_checkpoint=str(tmp_path / "toy"),
+            init_params_only=True,
+            init_params_scopes=("encoder",),
         )
 
 

@@ -9,17 +9,21 @@ stage's output, which is how a model reads intermediate layers:
   * w2v-BERT: `split_layers=(12,)` gives the contrastive module's output (blocks 0-11) and the
     MLM module's output (blocks 12 and up);
   * layer-wise probes: `split_layers=(1, 2, ..., N - 1)` returns every block's output.
-Cut points change the parameter tree (one subtree per stage), not the numbers: a checkpoint is
-read with the same `split_layers` it was written with.
+Cut points change the parameter tree (one subtree `stages_{i}` per stage), not the numbers:
+`restage_params` regroups a checkpoint's blocks for other cut points (and for the other
+`scan_layers` setting), which is how a w2v-BERT encoder initialises a CTC model's.
 
 Speech convention (praxis): paddings are float32 with 1.0 = padded, 0.0 = valid.
 """
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bigssl_jax.layers import conformer, frontend, subsampling
 
@@ -270,6 +274,53 @@ class AudioEncoder(nn.Module):
         return encode_audio(
             self.encoder, self.log_mel, self.spec_augment, audio, paddings, train=train
         )
+
+
+def restage_params(params: Mapping[str, Any], config: EncoderConfig) -> dict[str, Any]:
+    """`ConformerEncoder` params saved with other stage cuts, regrouped for `config`.
+
+    The config that saved a checkpoint decides how its N blocks are grouped: one subtree
+    `stages_{i}` per stage (w2v-BERT cuts after its contrastive module, CTC fine-tuning does
+    not), each holding its blocks stacked on a leading axis under 'layers' (`scan_layers`) or
+    as 'layers_{j}'. The blocks are taken out in order and regrouped as `config.stages`;
+    every other subtree ('subsampling', 'stacking') is kept as it is.
+
+    Args:
+      params: the saved encoder params (numpy arrays), e.g. {'subsampling': ...,
+        'stages_0': {'layers': {...: [n_0, ...]}}, 'stages_1': ...}.
+      config: the encoder to restore into.
+
+    Returns:
+      The params with one `stages_{i}` per stage of `config`.
+
+    Raises:
+      ValueError: the saved stages do not hold `config.num_layers` blocks.
+    """
+    saved_stages = sorted(
+        (name for name in params if name.startswith("stages_")), key=lambda n: int(n[7:])
+    )
+    blocks = [block for name in saved_stages for block in _stage_blocks(params[name])]
+    if len(blocks) != config.num_layers:
+        raise ValueError(
+            f"the saved encoder has {len(blocks)} Conformer blocks, this one {config.num_layers}"
+        )
+    restaged = {name: value for name, value in params.items() if name not in saved_stages}
+    for i, (start, end) in enumerate(config.stages):
+        stage_blocks = blocks[start:end]
+        if config.scan_layers:
+            stacked = jax.tree.map(lambda *arrays: np.stack(arrays), *stage_blocks)
+            restaged[f"stages_{i}"] = {"layers": stacked}
+        else:
+            restaged[f"stages_{i}"] = {f"layers_{j}": b for j, b in enumerate(stage_blocks)}
+    return restaged
+
+
+def _stage_blocks(stage: Mapping[str, Any]) -> list[Any]:
+    """The per-block param trees of one saved `ConformerStack`, in order."""
+    if "layers" in stage:
+        length = len(jax.tree.leaves(stage["layers"])[0])
+        return [jax.tree.map(lambda x, i=i: x[i], stage["layers"]) for i in range(length)]
+    return [stage[f"layers_{j}"] for j in range(len(stage))]
 
 
 def encode_audio(
