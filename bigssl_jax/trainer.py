@@ -322,19 +322,21 @@ def _restore_params(config: TrainerConfig, abstract_params, fresh_params, encode
     `EncoderConfig`, if it has one) is regrouped (`encoder.restage_params`).
     """
     scopes = config.init_params_scopes
+    checkpoint = config.init_checkpoint
+    saved = checkpointing.saved_params(checkpoint)
     if not scopes:
-        return checkpointing.restore_from(config.init_checkpoint, abstract_params, params_only=True)
+        _check_saved_shapes(checkpoint, saved, abstract_params)
+        return checkpointing.restore_from(checkpoint, abstract_params, params_only=True)
     missing = [scope for scope in scopes if scope not in abstract_params]
     if missing:
         raise ValueError(
             f"init_params_scopes {missing} are not params of this model "
             f"(top-level params: {sorted(abstract_params)})"
         )
-    saved = checkpointing.saved_params(config.init_checkpoint)
     absent = [scope for scope in scopes if scope not in saved]
     if absent:
         raise ValueError(
-            f"init_params_scopes {absent} are not in the params of {config.init_checkpoint} "
+            f"init_params_scopes {absent} are not in the params of {checkpoint} "
             f"(top-level params: {sorted(saved)})"
         )
     wanted = {scope: abstract_params[scope] for scope in scopes}
@@ -345,15 +347,28 @@ def _restore_params(config: TrainerConfig, abstract_params, fresh_params, encode
         and _param_shapes(saved["encoder"]) != _param_shapes(wanted["encoder"])
     ):
         # Saved with other stage cuts (e.g. w2v-BERT's): the same blocks, regrouped.
-        logging.info("init from %s: regrouping the encoder's blocks", config.init_checkpoint)
-        host = checkpointing.read_params_to_host(config.init_checkpoint, "encoder")
-        restaged = encoder_lib.restage_params(host, encoder)
-        restored["encoder"] = checkpointing.place(restaged, wanted.pop("encoder"))
+        logging.info("init from %s: regrouping the encoder's blocks", checkpoint)
+        host = checkpointing.read_params_to_host(checkpoint, "encoder")
+        restaged = {"encoder": encoder_lib.restage_params(host, encoder)}
+        target = {"encoder": wanted.pop("encoder")}
+        _check_saved_shapes(checkpoint, restaged, target)
+        restored.update(checkpointing.place(restaged, target))
     if wanted:
-        restored.update(
-            checkpointing.restore_from(config.init_checkpoint, wanted, params_only=True)
-        )
+        _check_saved_shapes(checkpoint, {scope: saved[scope] for scope in wanted}, wanted)
+        restored.update(checkpointing.restore_from(checkpoint, wanted, params_only=True))
     return {**fresh_params, **restored}
+
+
+def _check_saved_shapes(checkpoint: str, saved: Any, wanted: Any) -> None:
+    """Raises a one-line ValueError naming the first param of `wanted` that the checkpoint
+    lacks or holds with another shape (instead of Orbax's error deep in TensorStore)."""
+    have = _param_shapes(saved)
+    for path, shape in _param_shapes(wanted).items():
+        if have.get(path) != shape:
+            found = f"has shape {have[path]}" if path in have else "is absent"
+            raise ValueError(
+                f"init_checkpoint {checkpoint}: params{path} {found}; this model's is {shape}"
+            )
 
 
 def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:

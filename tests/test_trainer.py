@@ -47,13 +47,16 @@ class ToyModel:
 
     rng_streams = ("dropout",)
 
+    def net(self) -> nn.Module:
+        return _Net()
+
     def init_variables(self, rng, batch):
-        return dict(_Net().init(rng, jnp.zeros(batch["x"].shape), train=False))
+        return dict(self.net().init(rng, jnp.zeros(batch["x"].shape), train=False))
 
     def loss(self, variables, batch, rng, *, step, train):
         del step
         rngs = base.split_rngs(rng, self.rng_streams)
-        pred = _Net().apply(variables, batch["x"], train, rngs=rngs)
+        pred = self.net().apply(variables, batch["x"], train, rngs=rngs)
         weight = jnp.sum(batch["weights"])
         loss = jnp.sum(batch["weights"] * jnp.square(pred - batch["y"])) / jnp.maximum(weight, 1.0)
         return loss, {base.LOSS_WEIGHT: weight}
@@ -295,15 +298,8 @@ class ToyEncoderModel(ToyModel):
     def __init__(self, encoder):
         self.encoder = encoder
 
-    def init_variables(self, rng, batch):
-        return dict(_EncoderNet(self.encoder).init(rng, jnp.zeros(batch["x"].shape), train=False))
-
-    def loss(self, variables, batch, rng, *, step, train):
-        rngs = base.split_rngs(rng, self.rng_streams)
-        pred = _EncoderNet(self.encoder).apply(variables, batch["x"], train, rngs=rngs)
-        weight = jnp.sum(batch["weights"])
-        loss = jnp.sum(batch["weights"] * jnp.square(pred - batch["y"])) / jnp.maximum(weight, 1.0)
-        return loss, {base.LOSS_WEIGHT: weight}
+    def net(self) -> nn.Module:
+        return _EncoderNet(self.encoder)
 
 
 def test_init_params_scopes_regroup_an_encoder_saved_with_other_cuts(tmp_path):
@@ -327,7 +323,28 @@ def test_init_params_scopes_regroup_an_encoder_saved_with_other_cuts(tmp_path):
     expected = encoder_lib.restage_params(pretrained["encoder"], plain)
     jax.tree.map(np.testing.assert_array_equal, params["encoder"], expected)
     jax.tree.map(np.testing.assert_array_equal, params["head"], fresh["head"])
+    wider = ToyEncoderModel(dataclasses.replace(plain, model_dim=16))
+    with pytest.raises(
+        ValueError,
+        match="cut: params\\['encoder'\\].* has shape \\(3, 2, 4\\); this model's is \\(3, 2, 8\\)",
+    ):
+        _train(
+            tmp_path / "wider",
+            0,
+            model=wider,
+            init_checkpoint=str(tmp_path / "cut"),
+            init_params_only=True,
+            init_params_scopes=("encoder",),
+        )
     _train(tmp_path / "toy", 2)  # params 'w' and 'v' only
+    with pytest.raises(ValueError, match="toy: params\\['encoder'\\].* is absent"):
+        _train(
+            tmp_path / "all_from_toy",
+            0,
+            model=ToyEncoderModel(plain),
+            init_checkpoint=str(tmp_path / "toy"),
+            init_params_only=True,
+        )
     with pytest.raises(ValueError, match="init_params_scopes \\['encoder'\\] are not in the"):
         _train(
             tmp_path / "from_toy",
