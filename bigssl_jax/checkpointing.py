@@ -289,22 +289,14 @@ def read_params_to_host(path: os.PathLike | str, scope: str) -> dict[str, Any]:
 
 
 def place(host: Any, abstract: Any) -> Any:
-    """Host arrays as global arrays with the shapes, dtypes and shardings of `abstract`.
+    """Host arrays as global arrays with the dtypes and shardings of `abstract` (same shapes);
+    each device takes its slice of the host copy."""
 
-    Raises:
-      ValueError: a leaf's shape differs from its target's (the path is named).
-    """
-
-    def one(path, array, target):
-        if array.shape != target.shape:
-            raise ValueError(
-                f"{jax.tree_util.keystr(path)}: the checkpoint has shape {array.shape}, "
-                f"the model {target.shape}"
-            )
+    def one(array, target):
         array = np.asarray(array, target.dtype)
         return jax.make_array_from_callback(target.shape, target.sharding, lambda i: array[i])
 
-    return jax.tree_util.tree_map_with_path(one, host, abstract)
+    return jax.tree.map(one, host, abstract)
 
 
 def _saved_tree(path: os.PathLike | str) -> Mapping[str, Any]:
