@@ -302,58 +302,42 @@ class ToyEncoderModel(ToyModel):
         return _EncoderNet(self.encoder)
 
 
+def _init_from(model_dir, checkpoint, model, scopes=()):
+    """A 0-step run of `model` whose params come from `checkpoint` (only `scopes` if given)."""
+    return _train(
+        model_dir,
+        0,
+        model=model,
+        init_checkpoint=str(checkpoint),
+        init_params_only=True,
+        init_params_scopes=scopes,
+    )
+
+
 def test_init_params_scopes_regroup_an_encoder_saved_with_other_cuts(tmp_path):
     # w2v-BERT saves its encoder cut after the contrastive module; fine-tuning has no cut.
     cut = encoder_lib.EncoderConfig(
         input_dim=2, model_dim=8, num_layers=3, num_heads=2, conv_kernel_size=3,
         subsampling_channels=2, split_layers=(1,),
     )  # fmt: skip
-    plain = dataclasses.replace(cut, split_layers=())
+    plain = ToyEncoderModel(dataclasses.replace(cut, split_layers=()))
     pretrained = _params(_train(tmp_path / "cut", 2, model=ToyEncoderModel(cut)).state)
-    fresh = _params(_train(tmp_path / "fresh", 0, model=ToyEncoderModel(plain)).state)
-    tuned = _train(
-        tmp_path / "tuned",
-        0,
-        model=ToyEncoderModel(plain),
-        init_checkpoint=str(tmp_path / "cut"),
-        init_params_only=True,
-        init_params_scopes=("encoder",),
-    )
+    fresh = _params(_train(tmp_path / "fresh", 0, model=plain).state)
+    tuned = _init_from(tmp_path / "tuned", tmp_path / "cut", plain, ("encoder",))
     params = _params(tuned.state)
-    expected = encoder_lib.restage_params(pretrained["encoder"], plain)
+    expected = encoder_lib.restage_params(pretrained["encoder"], plain.encoder)
     jax.tree.map(np.testing.assert_array_equal, params["encoder"], expected)
     jax.tree.map(np.testing.assert_array_equal, params["head"], fresh["head"])
-    wider = ToyEncoderModel(dataclasses.replace(plain, model_dim=16))
-    with pytest.raises(
-        ValueError,
-        match="cut: params\\['encoder'\\].* has shape \\(3, 2, 4\\); this model's is \\(3, 2, 8\\)",
-    ):
-        _train(
-            tmp_path / "wider",
-            0,
-            model=wider,
-            init_checkpoint=str(tmp_path / "cut"),
-            init_params_only=True,
-            init_params_scopes=("encoder",),
-        )
+
+    wider = ToyEncoderModel(dataclasses.replace(plain.encoder, model_dim=16))
+    message = "cut: params\\['encoder'\\].* has shape \\(3, 2, 4\\); this model's is \\(3, 2, 8\\)"
+    with pytest.raises(ValueError, match=message):
+        _init_from(tmp_path / "wider", tmp_path / "cut", wider, ("encoder",))
     _train(tmp_path / "toy", 2)  # params 'w' and 'v' only
     with pytest.raises(ValueError, match="toy: params\\['encoder'\\].* is absent"):
-        _train(
-            tmp_path / "all_from_toy",
-            0,
-            model=ToyEncoderModel(plain),
-            init_checkpoint=str(tmp_path / "toy"),
-            init_params_only=True,
-        )
+        _init_from(tmp_path / "all_from_toy", tmp_path / "toy", plain)
     with pytest.raises(ValueError, match="init_params_scopes \\['encoder'\\] are not in the"):
-        _train(
-            tmp_path / "from_toy",
-            0,
-            model=ToyEncoderModel(plain),
-            init_checkpoint=str(tmp_path / "toy"),
-            init_params_only=True,
-            init_params_scopes=("encoder",),
-        )
+        _init_from(tmp_path / "from_toy", tmp_path / "toy", plain, ("encoder",))
 
 
 class ToyStatisticsModel(ToyModel):
