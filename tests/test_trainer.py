@@ -235,6 +235,18 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def _init_from(model_dir, checkpoint, model, scopes=()):
+    """A 0-step run of `model` whose params come from `checkpoint` (only `scopes` if given)."""
+    return _train(
+        model_dir,
+        0,
+        model=model,
+        init_checkpoint=str(checkpoint),
+        init_params_only=True,
+        init_params_scopes=scopes,
+    )
+
+
 def test_init_checkpoint_whole_state_or_params_only(tmp_path):
     first = _train(tmp_path / "first", 2)
     seen = {}
@@ -244,9 +256,7 @@ def test_init_checkpoint_whole_state_or_params_only(tmp_path):
 
     whole = _train(tmp_path / "whole", 3, init_checkpoint=str(tmp_path / "first"), hooks=[record])
     assert seen["start"] == 3 and whole.step == 3  # continued from step 2
-    params_only = _train(
-        tmp_path / "params", 0, init_checkpoint=str(tmp_path / "first"), init_params_only=True
-    )
+    params_only = _init_from(tmp_path / "params", tmp_path / "first", ToyModel())
     assert int(params_only.state.step) == 0
     jax.tree.map(np.testing.assert_array_equal, _params(params_only.state), _params(first.state))
 
@@ -254,25 +264,13 @@ def test_init_checkpoint_whole_state_or_params_only(tmp_path):
 def test_init_params_scopes_take_only_those_subtrees(tmp_path):
     first = _params(_train(tmp_path / "first", 2).state)
     fresh = _params(_train(tmp_path / "fresh", 0).state)
-    partial = _train(
-        tmp_path / "partial",
-        0,
-        init_checkpoint=str(tmp_path / "first"),
-        init_params_only=True,
-        init_params_scopes=("w",),
-    )
+    partial = _init_from(tmp_path / "partial", tmp_path / "first", ToyModel(), ("w",))
     params = _params(partial.state)
     np.testing.assert_array_equal(params["w"], first["w"])
     np.testing.assert_array_equal(params["v"], fresh["v"])
     assert not np.array_equal(first["v"], fresh["v"])
     with pytest.raises(ValueError, match="init_params_scopes \\['head'\\]"):
-        _train(
-            tmp_path / "bad",
-            0,
-            init_checkpoint=str(tmp_path / "first"),
-            init_params_only=True,
-            init_params_scopes=("head",),
-        )
+        _init_from(tmp_path / "bad", tmp_path / "first", ToyModel(), ("head",))
 
 
 class _EncoderNet(nn.Module):
@@ -300,18 +298,6 @@ class ToyEncoderModel(ToyModel):
 
     def net(self) -> nn.Module:
         return _EncoderNet(self.encoder)
-
-
-def _init_from(model_dir, checkpoint, model, scopes=()):
-    """A 0-step run of `model` whose params come from `checkpoint` (only `scopes` if given)."""
-    return _train(
-        model_dir,
-        0,
-        model=model,
-        init_checkpoint=str(checkpoint),
-        init_params_only=True,
-        init_params_scopes=scopes,
-    )
 
 
 def test_init_params_scopes_regroup_an_encoder_saved_with_other_cuts(tmp_path):
