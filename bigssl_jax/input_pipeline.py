@@ -56,6 +56,10 @@ class InputConfig:
       drop_remainder: drop each epoch's partial batches (at most one per bucket) instead
         of filling them with weight-0 rows.
       keep_fields: string features to pass through as [B] arrays (e.g. "id").
+      speed_factors: Kaldi-style speed perturbation (training): every utterance plays at a
+        factor drawn from these, e.g. (0.9, 1.0, 1.1); () leaves the audio as it is. The
+        draws follow the epoch's seed, so batches stay reproducible and resumable. The
+        length filter and buckets see the perturbed length.
     """
 
     task: str = ""
@@ -71,9 +75,10 @@ class InputConfig:
     num_epochs: int | None = None
     drop_remainder: bool = False
     keep_fields: tuple[str, ...] = ()
+    speed_factors: tuple[float, ...] = ()
 
     def __post_init__(self):
-        for name in ("bucket_seconds", "target_buckets", "keep_fields"):
+        for name in ("bucket_seconds", "target_buckets", "keep_fields", "speed_factors"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.task:
             raise ValueError("InputConfig.task must name a seqio task or mixture")
@@ -82,6 +87,8 @@ class InputConfig:
                 f"max_seconds={self.max_seconds} exceeds the last bucket "
                 f"({self.bucket_seconds[-1]} s)"
             )
+        if any(factor <= 0.0 for factor in self.speed_factors):
+            raise ValueError(f"speed_factors must be positive: {self.speed_factors}")
 
     @property
     def longest_seconds(self) -> float:
@@ -142,6 +149,10 @@ def build_dataset(config: InputConfig, *, shard_info=None, epoch: int = 0, skip_
     else:
         kwargs["shuffle_buffer_size"] = config.shuffle_buffer_size
     dataset = provider.get_dataset(**kwargs)
+    if config.speed_factors:
+        dataset = preprocessors.speed_perturb(
+            dataset, factors=config.speed_factors, seed=kwargs["seed"]
+        )
     dataset = preprocessors.filter_by_length(
         dataset,
         min_seconds=config.min_seconds,

@@ -114,6 +114,50 @@ def test_length_filter(corpus):
     assert sorted(lengths) == sorted(expected)
 
 
+def _valid_rows(batches):
+    """(id, valid audio) of every real row."""
+    for batch in batches:
+        for row in range(batch["audio"].shape[0]):
+            if batch["weights"][row] > 0:
+                valid = batch["audio_paddings"][row] == 0.0
+                yield batch["id"][row], batch["audio"][row][valid]
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.0, 1.1])
+def test_speed_perturbation_resamples_by_linear_interpolation(corpus, factor):
+    config = _eval_config(speed_factors=(factor,), bucket_seconds=(0.5, 1.0, 2.0, 4.0))
+    seen = 0
+    for utterance, audio in _valid_rows(input_pipeline.make_iterator(config)):
+        original = corpus["records"][utterance]["audio"]
+        new_length = int(np.floor((len(original) - 1) / factor)) + 1
+        expected = np.interp(np.arange(new_length) * factor, np.arange(len(original)), original)
+        np.testing.assert_allclose(audio, expected, atol=1e-6)
+        seen += 1
+    assert seen == len(corpus["records"])
+
+
+def test_speed_factors_are_drawn_per_utterance_reproducibly(corpus):
+    config = _config(speed_factors=(0.5, 1.0, 2.0), bucket_seconds=(0.5, 1.0, 2.0, 4.0), seed=3)
+
+    def first_batches():
+        iterator = input_pipeline.make_iterator(config)
+        return [next(iterator) for _ in range(8)]
+
+    batches = first_batches()
+    _assert_same_batches(first_batches(), batches)
+    ratios = {
+        round(len(corpus["records"][utterance]["audio"]) / len(audio), 1)
+        for utterance, audio in _valid_rows(batches)
+    }
+    assert ratios == {0.5, 1.0, 2.0}
+    # A restored position continues with the same draws.
+    iterator = input_pipeline.make_iterator(config)
+    next(iterator)
+    restored = input_pipeline.make_iterator(config)
+    restored.set_state(iterator.get_state())
+    _assert_same_batches([next(restored) for _ in range(7)], batches[1:])
+
+
 @pytest.mark.parametrize("num_shards", [2, 4])  # 3 files: whole files, then examples.
 def test_shards_are_disjoint_and_cover_everything(corpus, num_shards):
     parts = [
@@ -198,6 +242,8 @@ def test_config_validation():
         input_pipeline.InputConfig()
     with pytest.raises(ValueError, match="last bucket"):
         input_pipeline.InputConfig(task="x", bucket_seconds=(1.0, 2.0), max_seconds=3.0)
+    with pytest.raises(ValueError, match="speed_factors must be positive"):
+        input_pipeline.InputConfig(task="x", speed_factors=(1.1, 0.0))
     with pytest.raises(ValueError, match="ascending"):
         feature_converters.AudioFeatureConverter(batch_size=2, audio_buckets=(200, 100))
 

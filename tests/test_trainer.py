@@ -427,6 +427,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_parameters(tmp_path):
         ("experiments/pretrain_best_rq_small.gin", "embedded_small", 4, 144, 1500),
         ("experiments/pretrain_wav2vec2_small.gin", "embedded_small", 4, 144, 2500),
         ("experiments/pretrain_w2v_bert_small.gin", "embedded_small", 4, 144, 2500),
+        ("experiments/finetune_ctc_small.gin", "embedded_small", 4, 144, 4000),
+        ("experiments/finetune_rnnt_small.gin", "embedded_small", 4, 144, 4000),
     ],
 )
 def test_experiment_gins_build(name, corpus, num_layers, model_dim, num_steps):
