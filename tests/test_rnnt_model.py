@@ -6,7 +6,7 @@ import numpy as np
 from test_ctc_model import ENCODER, _batch
 
 from bigssl_jax.decoding import rnnt_search
-from bigssl_jax.losses import rnnt
+from bigssl_jax.losses import ctc, rnnt
 from bigssl_jax.models import asr, base, rnnt_decoder, rnnt_model
 
 DECODER = rnnt_decoder.RnntDecoderConfig(
@@ -24,9 +24,10 @@ def test_loss_is_the_lattice_loss_per_target_token_and_skips_padded_rows():
     variables = nn.unbox(model.init_variables(jax.random.key(0), batch))
     assert set(variables["params"]) == {"encoder", "decoder"}
     loss, metrics = model.loss(variables, batch, jax.random.key(1), step=0, train=False)
-    logits, paddings = model.module.apply(
+    logits, paddings, ctc_logits = model.module.apply(
         variables, batch["audio"], batch["audio_paddings"], batch["targets"], train=False
     )
+    assert ctc_logits is None and "ctc_loss" not in metrics
     assert logits.shape[2] == batch["targets"].shape[1] + 1 and logits.shape[3] == 40
     per_seq = rnnt.rnnt_loss(logits, paddings, batch["targets"], batch["target_paddings"])
     np.testing.assert_allclose(loss, np.sum(per_seq) / 12.0, rtol=1e-5)
@@ -35,6 +36,30 @@ def test_loss_is_the_lattice_loss_per_target_token_and_skips_padded_rows():
     padded["weights"][-1] = 0.0
     padded_loss, _ = model.loss(variables, padded, jax.random.key(1), step=0, train=False)
     np.testing.assert_allclose(padded_loss, loss, rtol=1e-5)
+
+
+def test_auxiliary_ctc_loss_adds_the_weighted_ctc_of_a_head_on_the_encoder():
+    model = _model(spec_augment=None, ctc_weight=0.3)
+    batch = _batch()
+    variables = nn.unbox(model.init_variables(jax.random.key(0), batch))
+    assert set(variables["params"]) == {"encoder", "decoder", "ctc_head"}
+    loss, metrics = model.loss(variables, batch, jax.random.key(1), step=0, train=False)
+    logits, paddings, ctc_logits = model.module.apply(
+        variables, batch["audio"], batch["audio_paddings"], batch["targets"], train=False
+    )
+    assert ctc_logits.shape == logits.shape[:2] + (40,)
+    targets = (batch["targets"], batch["target_paddings"])
+    ctc_mean = np.sum(ctc.ctc_loss(ctc_logits, paddings, *targets)) / 12.0
+    rnnt_mean = np.sum(rnnt.rnnt_loss(logits, paddings, *targets)) / 12.0
+    np.testing.assert_allclose(metrics["ctc_loss"], ctc_mean, rtol=1e-5)
+    np.testing.assert_allclose(metrics["rnnt_loss"], rnnt_mean, rtol=1e-5)
+    np.testing.assert_allclose(loss, rnnt_mean + 0.3 * ctc_mean, rtol=1e-5)
+    # Decoding is the transducer's alone: the head does not change it.
+    plain = {"params": {k: v for k, v in variables["params"].items() if k != "ctc_head"}}
+    got = jax.jit(model.decode)(variables, batch["audio"], batch["audio_paddings"])
+    want = jax.jit(_model().decode)(plain, batch["audio"], batch["audio_paddings"])
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_decode_runs_the_configured_search_on_the_encoder_outputs():

@@ -52,16 +52,21 @@ class CtcModel(nn.Module):
         x, paddings = encoder_lib.encode_audio(
             self.encoder, self.log_mel, self.spec_augment, audio, paddings, train=train
         )
-        logits = nn.DenseGeneral(
-            self.vocab_size,
-            dtype=self.encoder.compute_dtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), ("embed", "vocab")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-            name="ctc_head",
-        )(x)
+        logits = ctc_head(self.vocab_size, self.encoder.compute_dtype)(x)
         return logits.astype(jnp.float32), paddings
+
+
+def ctc_head(vocab_size: int, dtype: Any) -> nn.DenseGeneral:
+    """The projection [B, T', D] -> CTC logits [B, T', V], named 'ctc_head' (blank = id 0)."""
+    return nn.DenseGeneral(
+        vocab_size,
+        dtype=dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), ("embed", "vocab")
+        ),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+        name="ctc_head",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -4,11 +4,17 @@ and a joint network.
   x, paddings = encode_audio(audio)                           [B, T', D]  (SpecAugment in training)
   logits = joint(x, prediction([blank, y_1 .. y_U]))          [B, T', U + 1, V]
   L = sum_b w_b RNNT(logits_b, y_b) / sum_b w_b U_b           (per target token)
+    + ctc_weight * (the same mean of CTC(x W_ctc, y_b))        (optional auxiliary CTC)
 
 The blank is the sentencepiece pad id 0 (never a target), also the prediction network's
 start symbol. Params: 'encoder' (restorable from pre-training with `init_params_scopes =
 ('encoder',)`) and 'decoder' (`models.rnnt_decoder.RnntDecoder`); the recipe trains them
-with separate schedules (`OptimizerConfig.encoder_peak_lr`).
+with separate schedules (`OptimizerConfig.encoder_peak_lr`). With `ctc_weight > 0` a CTC
+projection 'ctc_head' on the encoder adds an auxiliary CTC loss (as ESPnet's transducer
+recipes): on a few hours of labels the prediction network can memorise the transcripts
+faster than the encoder learns to align, and the joint then learns to ignore the encoder
+(docs/finetuning.md); the CTC term keeps the encoder's outputs aligned with the labels.
+Decoding uses the transducer only.
 
 Decoding (`decode`): greedy with `DecodingConfig.beam_size = 1`, else time-synchronous
 beam search (`decoding.rnnt_search`), optionally shallow-fused with `lm`.
@@ -24,37 +30,45 @@ import jax.numpy as jnp
 
 from bigssl_jax.decoding import rnnt_search
 from bigssl_jax.layers import frontend
-from bigssl_jax.losses import rnnt
-from bigssl_jax.models import asr, base, rnnt_decoder
+from bigssl_jax.losses import ctc, rnnt
+from bigssl_jax.models import asr, base, ctc_model, rnnt_decoder
 from bigssl_jax.models import encoder as encoder_lib
 
 RNG_STREAMS = ("dropout", "specaug")
 
 
 class RnntModel(nn.Module):
-    """(audio [B, S], paddings [B, S], labels i32[B, U]) -> (logits [B, T', U+1, V], [B, T']).
+    """(audio [B, S], paddings [B, S], labels i32[B, U]) -> RNN-T logits and CTC logits.
+
+    Returns (logits [B, T', U+1, V], paddings [B, T'], ctc_logits f32[B, T', V] or None).
 
     Attributes:
       encoder: Conformer hyperparameters.
       decoder: prediction and joint network hyperparameters (vocab_size = V).
       log_mel: log-mel settings.
       spec_augment: SpecAugment settings (training only); None disables it.
+      aux_ctc: adds the CTC projection 'ctc_head' on the encoder outputs.
     """
 
     encoder: encoder_lib.EncoderConfig
     decoder: rnnt_decoder.RnntDecoderConfig
     log_mel: frontend.LogMelConfig = frontend.LogMelConfig()
     spec_augment: frontend.SpecAugmentConfig | None = frontend.SpecAugmentConfig()
+    aux_ctc: bool = False
 
     @nn.compact
     def __call__(
         self, audio: jax.Array, paddings: jax.Array, labels: jax.Array, *, train: bool
-    ) -> tuple[jax.Array, jax.Array]:
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         x, paddings = encoder_lib.encode_audio(
             self.encoder, self.log_mel, self.spec_augment, audio, paddings, train=train
         )
         logits = rnnt_decoder.RnntDecoder(self.decoder, name="decoder")(x, labels, train=train)
-        return logits, paddings
+        ctc_logits = None
+        if self.aux_ctc:
+            head = ctc_model.ctc_head(self.decoder.vocab_size, self.encoder.compute_dtype)
+            ctc_logits = head(x).astype(jnp.float32)
+        return logits, paddings, ctc_logits
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -67,6 +81,7 @@ class RnntTrainModel:
         sentencepiece vocabulary size.
       log_mel: log-mel settings.
       spec_augment: SpecAugment settings; None disables it.
+      ctc_weight: weight of the auxiliary CTC loss on the encoder; 0 trains no CTC head.
       decoding: how `decode` and `score` search.
       vocabulary: the sentencepiece model `score` detokenises with (set by `bigssl train`).
       lm: a shallow-fusion language model for beam search (set in code), or None.
@@ -76,6 +91,7 @@ class RnntTrainModel:
     decoder: rnnt_decoder.RnntDecoderConfig = rnnt_decoder.RnntDecoderConfig()
     log_mel: frontend.LogMelConfig = frontend.LogMelConfig()
     spec_augment: frontend.SpecAugmentConfig | None = frontend.SpecAugmentConfig()
+    ctc_weight: float = 0.0
     decoding: asr.DecodingConfig = asr.DecodingConfig()
     vocabulary: str = ""
     lm: Any = dataclasses.field(default=None, compare=False)
@@ -89,6 +105,7 @@ class RnntTrainModel:
             decoder=self.decoder,
             log_mel=self.log_mel,
             spec_augment=self.spec_augment,
+            aux_ctc=self.ctc_weight > 0.0,
         )
 
     @property
@@ -104,9 +121,9 @@ class RnntTrainModel:
     def loss(
         self, variables: Mapping[str, Any], batch: base.Batch, rng: jax.Array, *, step, train
     ) -> tuple[jax.Array, base.Metrics]:
-        """RNN-T per target token; the loss weight is the (row-weighted) target token count."""
+        """RNN-T (+ ctc_weight * CTC) per target token; the loss weight is the token count."""
         del step
-        logits, paddings = self.module.apply(
+        logits, paddings, ctc_logits = self.module.apply(
             variables,
             batch["audio"],
             batch["audio_paddings"],
@@ -114,10 +131,14 @@ class RnntTrainModel:
             train=train,
             rngs=base.split_rngs(rng, self.rng_streams),
         )
-        loss, num_tokens = rnnt.rnnt_loss_and_weight(
-            logits, paddings, batch["targets"], batch["target_paddings"], batch["weights"]
-        )
-        return loss, {"rnnt_loss": loss, "num_tokens": num_tokens, base.LOSS_WEIGHT: num_tokens}
+        labels = (batch["targets"], batch["target_paddings"], batch["weights"])
+        rnnt_loss, num_tokens = rnnt.rnnt_loss_and_weight(logits, paddings, *labels)
+        metrics = {"rnnt_loss": rnnt_loss, "num_tokens": num_tokens, base.LOSS_WEIGHT: num_tokens}
+        loss = rnnt_loss
+        if ctc_logits is not None:
+            metrics["ctc_loss"], _ = ctc.ctc_loss_and_weight(ctc_logits, paddings, *labels)
+            loss = rnnt_loss + self.ctc_weight * metrics["ctc_loss"]
+        return loss, metrics
 
     def encode(
         self, variables: Mapping[str, Any], audio: jax.Array, paddings: jax.Array
