@@ -7,6 +7,7 @@ synthetic shards into a temporary directory first.
 
     python benchmarks/input_pipeline_bench.py --num_batches=50 --batch_size=16
     python benchmarks/input_pipeline_bench.py --corpus=embedded_small --data_dir=bigssl_data
+    python benchmarks/input_pipeline_bench.py --speed_factors=0.9,1.0,1.1   # speed perturbation
 """
 
 import argparse
@@ -76,11 +77,17 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=1000, help="toy corpus size")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--num_batches", type=int, default=50)
+    parser.add_argument(
+        "--speed_factors", default="", help="comma-separated speed perturbation factors"
+    )
     args = parser.parse_args()
+    speed_factors = tuple(float(f) for f in args.speed_factors.split(",") if f)
 
     with tempfile.TemporaryDirectory() as tmp:
         task = _register(args, args.data_dir or tmp)
-        config = input_pipeline.InputConfig(task=task, batch_size=args.batch_size)
+        config = input_pipeline.InputConfig(
+            task=task, batch_size=args.batch_size, speed_factors=speed_factors
+        )
         run = _run(config, args.num_batches)
         restore_start = time.perf_counter()
         restored = input_pipeline.make_iterator(config)
@@ -92,6 +99,7 @@ def main() -> None:
     result = {
         "task": task,
         "batch_size": args.batch_size,
+        "speed_factors": list(speed_factors),
         "num_batches": args.num_batches,
         "cores": cores,
         "batches_per_s": round(args.num_batches / wall, 2),
