@@ -135,11 +135,12 @@ def build_dataset(config: InputConfig, *, shard_info=None, epoch: int = 0, skip_
     from bigssl_tasks import preprocessors
 
     provider = seqio.get_mixture_or_task(config.task)
+    seed = epoch_seed(config.seed, epoch)  # of the shuffle and the speed draws
     kwargs = {
         "sequence_length": None,
         "split": config.split,
         "shuffle": config.shuffle,
-        "seed": epoch_seed(config.seed, epoch),
+        "seed": seed,
         "shard_info": shard_info,
         "num_epochs": 1,
         "try_in_mem_cache": False,
@@ -150,9 +151,7 @@ def build_dataset(config: InputConfig, *, shard_info=None, epoch: int = 0, skip_
         kwargs["shuffle_buffer_size"] = config.shuffle_buffer_size
     dataset = provider.get_dataset(**kwargs)
     if config.speed_factors:
-        dataset = preprocessors.speed_perturb(
-            dataset, factors=config.speed_factors, seed=kwargs["seed"]
-        )
+        dataset = preprocessors.speed_perturb(dataset, factors=config.speed_factors, seed=seed)
     dataset = preprocessors.filter_by_length(
         dataset,
         min_seconds=config.min_seconds,
