@@ -90,8 +90,8 @@ PRESETS = {
         pseudo_label_flags=("--batch_size=8",),
     ),
     # The *_small experiment gins with shorter runs (BEST-RQ 800 steps, CTC fine-tunings of
-    # 1200 steps, dev WER at their end only), sized for the 45-min target on 2 CPU cores: one
-    # run alone from an empty data dir took 42 min (docs/self_training.md).
+    # 1200 steps, dev WER at their end only), sized for the 45-min target on 2 CPU cores: alone
+    # from an empty data dir it took 42-47 min, as the machine varied (docs/self_training.md).
     "demo": PipelinePreset(
         corpus_preset="small",
         vocab_size=64,

@@ -1,11 +1,14 @@
-"""The main job end to end on the smoke preset, and its resumability."""
+"""The main job end to end on the smoke preset, its resumability, and every preset's configs."""
 
 import json
 import os
 import subprocess
 import sys
 
-from bigssl_jax import pipeline
+import gin
+import pytest
+
+from bigssl_jax import configurables, gin_utils, pipeline
 
 
 def _run_pipeline(data_dir):
@@ -50,3 +53,30 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert "[corpus] found" in second.stdout
     assert "[vocab] found" in second.stdout
     assert "[student_1] found" in second.stdout and "| teacher |" in second.stdout
+
+
+def _parse(gin_file, bindings):
+    """(TrainerConfig, train/InputConfig) of one stage's gin file and bindings."""
+    gin.clear_config()
+    try:
+        gin_utils.parse([gin_file], bindings)
+        trainer_config = configurables.TrainerConfig()
+        with gin.config_scope("train"):
+            train_input = configurables.InputConfig(task="any")
+    finally:
+        gin.clear_config()
+    return trainer_config, train_input
+
+
+@pytest.mark.parametrize("name", sorted(pipeline.PRESETS))
+def test_preset_stage_configs_parse(name):
+    """A typo in a preset's bindings fails here, not after its pre-training stage has run."""
+    preset = pipeline.PRESETS[name]
+    pretrain, _ = _parse(preset.pretrain_gin, preset.pretrain_bindings)
+    finetune, finetune_input = _parse(preset.finetune_gin, preset.finetune_bindings)
+    student, student_input = _parse(
+        preset.finetune_gin, [*preset.finetune_bindings, *preset.student_bindings]
+    )
+    assert pretrain.num_steps > 0 and finetune.num_steps == student.num_steps
+    assert student_input.speed_factors == finetune_input.speed_factors
+    assert student_input.batch_size % sum(preset.mix_ratios) == 0
