@@ -55,8 +55,10 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert "[student_1] found" in second.stdout and "| teacher |" in second.stdout
 
 
-def _parse(gin_file, bindings):
-    """(TrainerConfig, train/InputConfig) of one stage's gin file and bindings."""
+def _train_configs(args):
+    """(TrainerConfig, train/InputConfig) of one recorded `bigssl train` stage."""
+    (gin_file,) = [a.removeprefix("--gin_file=") for a in args if a.startswith("--gin_file=")]
+    bindings = [a.removeprefix("--gin_bindings=") for a in args if a.startswith("--gin_bindings=")]
     gin.clear_config()
     try:
         gin_utils.parse([gin_file], bindings)
@@ -69,14 +71,23 @@ def _parse(gin_file, bindings):
 
 
 @pytest.mark.parametrize("name", sorted(pipeline.PRESETS))
-def test_preset_stage_configs_parse(name):
+def test_preset_stage_configs_parse(name, tmp_path, monkeypatch):
     """A typo in a preset's bindings fails here, not after its pre-training stage has run."""
+    calls = {}
+
+    def record(runner, stage, command, *args):  # instead of running the stage
+        calls[stage] = args
+        return runner.work_dir / stage
+
+    monkeypatch.setattr(pipeline.Runner, "run", record)
     preset = pipeline.PRESETS[name]
-    pretrain, _ = _parse(preset.pretrain_gin, preset.pretrain_bindings)
-    finetune, finetune_input = _parse(preset.finetune_gin, preset.finetune_bindings)
-    student, student_input = _parse(
-        preset.finetune_gin, [*preset.finetune_bindings, *preset.student_bindings]
-    )
+    runner = pipeline.Runner(preset, "embedded_small", tmp_path, tmp_path / "work")
+    pretrained = runner.pretrain()
+    runner.finetune("teacher", pretrained)
+    runner.student("student_1", pretrained, tmp_path / "labels")
+    pretrain, _ = _train_configs(calls[pipeline.PRETRAIN])
+    finetune, finetune_input = _train_configs(calls["teacher"])
+    student, student_input = _train_configs(calls["student_1"])
     assert pretrain.num_steps > 0 and finetune.num_steps == student.num_steps
     assert student_input.speed_factors == finetune_input.speed_factors
     assert student_input.batch_size % sum(preset.mix_ratios) == 0
