@@ -24,9 +24,15 @@ Restore order (`restore_or_init` in the trainer):
      state, rng and data position);
   2. init from another run: `init_checkpoint` (a checkpoint directory `.../checkpoints/<step>`,
      or a model dir / checkpoints dir meaning its latest step), either the whole state
-     (training continues from its step with a fresh data position) or the params only
-     (fresh optimizer, step 0);
+     (training continues from its step with a fresh data position) or the params it serves
+     (below; fresh optimizer, step 0);
   3. scratch.
+
+Served params: what a checkpoint gives other runs (`init_checkpoint` params, inference,
+embeddings; `restore_params`, `saved_params`, `read_params_to_host`) is the exponential
+moving average of its params when its optimizer kept one (`OptimizerConfig.ema_decay`: an
+`optimizers.EmaState` in the saved optax chain state), else its params. Inference can ask
+for the raw params (`ema=False`, `bigssl evaluate --noema`).
 
 Restoring onto another mesh: `restore` takes an abstract state whose leaves are
 `jax.ShapeDtypeStruct`s carrying the *new* shardings (`abstract_state`), and Orbax reads each
@@ -62,6 +68,7 @@ from bigssl_jax import paths
 
 CHECKPOINTS = "checkpoints"
 STATE, META = "state", "meta"
+EMA = "ema"  # the field of `optimizers.EmaState`
 
 
 def checkpoint_dir(model_dir: os.PathLike | str) -> epath.Path:
@@ -223,37 +230,20 @@ def resolve_init_checkpoint(path: os.PathLike | str) -> epath.Path:
     raise FileNotFoundError(f"no finalised checkpoint at {path}")
 
 
-def restore_from(path: os.PathLike | str, abstract: Any, *, params_only: bool = False) -> Any:
-    """Reads another run's checkpoint (see `resolve_init_checkpoint`) into `abstract`.
-
-    Args:
-      path: where the checkpoint is.
-      abstract: with `params_only`, the abstract params tree; else the abstract train state
-        (the same structure as the saved one, e.g. the same optimizer).
-      params_only: read only the saved state's params.
-
-    Returns:
-      The restored params (params_only) or state, placed by `abstract`'s shardings.
-    """
-    if params_only:
-        return restore_part(path, "params", abstract)
+def restore_from(path: os.PathLike | str, abstract: Any) -> Any:
+    """Reads another run's whole train state (see `resolve_init_checkpoint`) into `abstract`
+    (the same structure as the saved one, e.g. the same optimizer), placed by its shardings."""
     step_dir = resolve_init_checkpoint(path)
     logging.info("init from %s (whole state)", step_dir)
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(step_dir / STATE, abstract)
 
 
-def restore_part(path: os.PathLike | str, part: str, abstract: Any) -> Any:
-    """Reads one field of another run's saved state ('params', 'model_state') into `abstract`.
-
-    `abstract` may name a subtree of the saved field (a partial restore: e.g. only the
-    encoder's params, or one collection of the model state).
-    """
-    step_dir = resolve_init_checkpoint(path)
-    logging.info("init from %s (%s)", step_dir, part)
-    item = {part: abstract}
+def _restore_item(step_dir: epath.Path, item: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The fields of the state saved at `step_dir` that `item` names, read into it (a
+    partial restore: `item` may hold subtrees, and None where a list entry is skipped)."""
     with ocp.PyTreeCheckpointer() as checkpointer:
-        restored = checkpointer.restore(
+        return checkpointer.restore(
             step_dir / STATE,
             args=ocp.args.PyTreeRestore(
                 item=item,
@@ -261,7 +251,61 @@ def restore_part(path: os.PathLike | str, part: str, abstract: Any) -> Any:
                 partial_restore=True,
             ),
         )
-    return restored[part]
+
+
+def restore_part(path: os.PathLike | str, part: str, abstract: Any) -> Any:
+    """Reads one field of another run's saved state (e.g. 'model_state') into `abstract`,
+    which may name a subtree of it (one collection of the model state). For the params use
+    `restore_params`."""
+    step_dir = resolve_init_checkpoint(path)
+    logging.info("init from %s (%s)", step_dir, part)
+    return _restore_item(step_dir, {part: abstract})[part]
+
+
+def _ema_slot(tree: Mapping[str, Any], ema: bool) -> int | None:
+    """The index of the params' EMA in the saved optax-chain state of `tree` (a saved state's
+    metadata) when `ema` is set and the optimizer kept one, else None."""
+    opt_state = tree.get("opt_state")
+    if ema and isinstance(opt_state, list):
+        for index, part in enumerate(opt_state):
+            if isinstance(part, Mapping) and set(part) == {EMA}:
+                return index
+    return None
+
+
+def _at_served_params(tree: Mapping[str, Any], slot: int | None, value: Any) -> dict[str, Any]:
+    """A restore item holding `value` where the saved state `tree` keeps its served params."""
+    if slot is None:
+        return {"params": value}
+    opt_state = [None] * len(tree["opt_state"])
+    opt_state[slot] = {EMA: value}
+    return {"opt_state": opt_state}
+
+
+def _served_params(restored: Mapping[str, Any], slot: int | None) -> Any:
+    """The served params of a restored `_at_served_params` item."""
+    return restored["params"] if slot is None else restored["opt_state"][slot][EMA]
+
+
+def params_source(path: os.PathLike | str, *, ema: bool = True) -> str:
+    """'ema' when another run's checkpoint serves the EMA of its params, else 'params'."""
+    return "params" if _ema_slot(_saved_tree(path), ema) is None else EMA
+
+
+def restore_params(path: os.PathLike | str, abstract: Any, *, ema: bool = True) -> Any:
+    """The params another run's checkpoint serves (module docstring), read into `abstract`
+    (the abstract params tree, or a subtree of it such as {'encoder': ...}).
+
+    Args:
+      path: where the checkpoint is (see `resolve_init_checkpoint`).
+      abstract: the abstract params (sub)tree, its leaves carrying the target shardings.
+      ema: serve the EMA of the params when the run's optimizer kept one; False: the params.
+    """
+    step_dir = resolve_init_checkpoint(path)
+    tree = _saved_tree(step_dir)
+    slot = _ema_slot(tree, ema)
+    logging.info("init from %s (%s)", step_dir, "params EMA" if slot is not None else "params")
+    return _served_params(_restore_item(step_dir, _at_served_params(tree, slot, abstract)), slot)
 
 
 def saved_model_state(path: os.PathLike | str) -> tuple[str, ...]:
@@ -270,22 +314,26 @@ def saved_model_state(path: os.PathLike | str) -> tuple[str, ...]:
 
 
 def saved_params(path: os.PathLike | str) -> Mapping[str, Any]:
-    """The saved params tree of another run's checkpoint: leaves carry `.shape` and `.dtype`
-    (Orbax array metadata); nothing is read but the metadata."""
-    return _saved_tree(path)["params"]
+    """The params tree another run's checkpoint serves (`restore_params`): leaves carry
+    `.shape` and `.dtype` (Orbax array metadata); nothing is read but the metadata."""
+    tree = _saved_tree(path)
+    return _served_params(tree, _ema_slot(tree, ema=True))
 
 
 def read_params_to_host(path: os.PathLike | str, scope: str) -> dict[str, Any]:
-    """The saved params subtree `scope` of another run's checkpoint, as numpy arrays in the
-    layout it was saved with (every process reads all of it)."""
-    item = {"params": {scope: saved_params(path)[scope]}}
+    """The subtree `scope` of the params another run's checkpoint serves (`restore_params`),
+    as numpy arrays in the layout it was saved with (every process reads all of it)."""
+    step_dir = resolve_init_checkpoint(path)
+    tree = _saved_tree(step_dir)
+    slot = _ema_slot(tree, ema=True)
+    item = _at_served_params(tree, slot, {scope: _served_params(tree, slot)[scope]})
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(
-            resolve_init_checkpoint(path) / STATE,
+            step_dir / STATE,
             args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
         )
-    return restored["params"][scope]
+    return _served_params(restored, slot)[scope]
 
 
 def place(host: Any, abstract: Any) -> Any:

@@ -98,7 +98,7 @@ def load_params(
     num_layers = config.encoder.num_layers + 1
     if config.layer == classifier.WEIGHTED:
         abstract["head"] = {"layer_logits": jax.ShapeDtypeStruct((num_layers,), jnp.float32)}
-    params = checkpointing.restore_part(step_dir, "params", checkpointing.on_one_device(abstract))
+    params = checkpointing.restore_params(step_dir, checkpointing.on_one_device(abstract))
     if config.layer == classifier.WEIGHTED and classifier.STATISTICS in (
         checkpointing.saved_model_state(step_dir)
     ):

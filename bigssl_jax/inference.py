@@ -8,8 +8,9 @@ run, written before training), `checkpoints/<step>/` and, for models that read t
 `vocabulary.model` (the corpus vocabulary copied at the start of training). `load_model`
 rebuilds `ExperimentConfig.model` from that gin (unless gin was already parsed by the
 caller, e.g. from `--gin_file`), points its `vocabulary` at the run's copy, and restores
-the params of the chosen step (the latest unless a step directory is given). Variables
-are placed on one device.
+the params of the chosen step (the latest unless a step directory is given): the EMA of
+its params when the run kept one (`OptimizerConfig.ema_decay`), unless `ema=False`.
+Variables are placed on one device.
 
 `with_fusion_lm` shallow-fuses the Transformer LM of a `bigssl train-lm` run into an ASR
 model's beam search (evaluate, transcribe and pseudo-label share it):
@@ -43,12 +44,14 @@ class LoadedModel:
       variables: {'params': ..., other collections} on one device.
       run_dir: the run directory.
       step: the restored step.
+      params_source: 'ema' (the EMA of the run's params) or 'params'.
     """
 
     model: Any
     variables: dict[str, Any]
     run_dir: epath.Path
     step: int
+    params_source: str = "params"
 
 
 def run_dir_of(step_dir: epath.Path) -> epath.Path:
@@ -92,29 +95,35 @@ def _parse_run_config(run_dir: epath.Path) -> None:
     gin_utils.parse([str(config)])
 
 
-def restore_variables(model: Any, step_dir: epath.Path) -> dict[str, Any]:
+def restore_variables(model: Any, step_dir: epath.Path, *, ema: bool = True) -> dict[str, Any]:
     """The variables of `model` saved at `step_dir`, on one device.
 
+    Args:
+      model: the model wrapper.
+      step_dir: a checkpoint step directory.
+      ema: restore the EMA of the params when the run kept one (else the params).
+
     Returns:
-      {'params': ..., other collections}: 'params' from the saved state's params, every
-      other collection `model.init_variables` makes (e.g. a classifier's fitted whitening)
-      from its model state.
+      {'params': ..., other collections}: 'params' the params the checkpoint serves
+      (`checkpointing.restore_params`), every other collection `model.init_variables` makes
+      (e.g. a classifier's fitted whitening) from its model state.
     """
     boxed = jax.eval_shape(model.init_variables, jax.random.key(0), example_batch())
     abstract = checkpointing.on_one_device(dict(nn.unbox(boxed)))
     params = abstract.pop("params")
-    variables = {"params": checkpointing.restore_part(step_dir, "params", params)}
+    variables = {"params": checkpointing.restore_params(step_dir, params, ema=ema)}
     if abstract:
         variables.update(checkpointing.restore_part(step_dir, "model_state", abstract))
     return variables
 
 
-def load_model(checkpoint: os.PathLike | str) -> LoadedModel:
+def load_model(checkpoint: os.PathLike | str, *, ema: bool = True) -> LoadedModel:
     """Restores the model of a run (see the module docstring).
 
     Args:
       checkpoint: a run directory, its `checkpoints/` directory or one step directory
         (local or a URI such as `gs://bucket/runs/ctc`).
+      ema: restore the EMA of the params when the run kept one; False: the params.
 
     Returns:
       The loaded model.
@@ -132,8 +141,9 @@ def load_model(checkpoint: os.PathLike | str) -> LoadedModel:
     if model is None:
         raise ValueError(f"the gin config of {run_dir} binds no ExperimentConfig.model")
     model = with_run_vocabulary(model, run_dir)
-    variables = restore_variables(model, step_dir)
-    return LoadedModel(model, variables, run_dir, int(step_dir.name))
+    variables = restore_variables(model, step_dir, ema=ema)
+    source = checkpointing.params_source(step_dir, ema=ema)
+    return LoadedModel(model, variables, run_dir, int(step_dir.name), source)
 
 
 def with_fusion_lm(model: Any, checkpoint: os.PathLike | str | None, lm_weight: float | None):

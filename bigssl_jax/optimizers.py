@@ -33,7 +33,9 @@ multiplies the encoder's rate by 0 for the first N updates (its Adam moments sti
 
 EMA (`ema_decay`): after each update, ema <- d * ema + (1 - d) * params, starting from the
 initial params. It lives in the optimizer state (sharded like the params), so it is
-checkpointed with it; read it with `ema_params(opt_state)`.
+checkpointed with it; read it with `ema_params(opt_state)`. It is then what the run is:
+the trainer evaluates it and its checkpoints serve it to inference and to runs initialised
+from them (`served_params`, `bigssl_jax.checkpointing`).
 """
 
 import dataclasses
@@ -256,17 +258,29 @@ def params_ema(decay: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
+def _ema_state(opt_state: optax.OptState) -> EmaState | None:
+    """The `EmaState` in `opt_state`, or None."""
+    leaves = jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, EmaState))
+    return next((s for s in leaves if isinstance(s, EmaState)), None)
+
+
 def ema_params(opt_state: optax.OptState) -> Any:
     """The EMA params stored in an optimizer state built with `ema_decay` set.
 
     Raises:
       ValueError: the state holds no EMA.
     """
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, EmaState))]
-    found = [s for s in found if isinstance(s, EmaState)]
-    if not found:
+    state = _ema_state(opt_state)
+    if state is None:
         raise ValueError("the optimizer state has no EMA (set OptimizerConfig.ema_decay)")
-    return found[0].ema
+    return state.ema
+
+
+def served_params(params: Any, opt_state: optax.OptState) -> Any:
+    """What a run evaluates and serves: the EMA of `params` when `opt_state` keeps one, else
+    `params` (`bigssl_jax.checkpointing` reads the same from a saved state)."""
+    state = _ema_state(opt_state)
+    return params if state is None else state.ema
 
 
 # ---------------------------------------------------------------------------------------

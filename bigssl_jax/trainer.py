@@ -25,7 +25,9 @@ The step (`make_train_step`) is pure, `train_step(state, batch, rng) -> (state, 
 Evaluation: every `eval_every` steps, the eval loss (and its metrics) averaged over up to
 `eval_batches` batches; a `models.base.ScoredModel` (ASR, classifiers) is also scored on
 them (`score`: decoding + WER, accuracy...), its metrics joining the eval metrics (so
-`best_metric` may be 'wer') and its report files going to `<model_dir>/eval/<step>/`.
+`best_metric` may be 'wer') and its report files going to `<model_dir>/eval/<step>/`. With
+`OptimizerConfig.ema_decay` set, what is evaluated is the EMA of the params, as what the
+run's checkpoints serve to inference and to other runs (`bigssl_jax.checkpointing`).
 
 It is jitted once per batch shape with explicit state / batch shardings and the state donated
 (`partitioning.jit_train_step`). Metrics are `clu.metrics.Average`s over the steps since the last
@@ -326,7 +328,7 @@ def _restore_params(config: TrainerConfig, abstract_params, fresh_params, encode
     saved = checkpointing.saved_params(checkpoint)
     if not scopes:
         _check_saved_shapes(checkpoint, saved, abstract_params)
-        return checkpointing.restore_from(checkpoint, abstract_params, params_only=True)
+        return checkpointing.restore_params(checkpoint, abstract_params)
     missing = [scope for scope in scopes if scope not in abstract_params]
     if missing:
         raise ValueError(
@@ -355,7 +357,7 @@ def _restore_params(config: TrainerConfig, abstract_params, fresh_params, encode
         restored.update(checkpointing.place(restaged, target))
     if wanted:
         _check_saved_shapes(checkpoint, {scope: saved[scope] for scope in wanted}, wanted)
-        restored.update(checkpointing.restore_from(checkpoint, wanted, params_only=True))
+        restored.update(checkpointing.restore_params(checkpoint, wanted))
     return {**fresh_params, **restored}
 
 
@@ -439,7 +441,7 @@ def evaluate(eval_step, state, batches: Iterator[base.Batch], mesh, rng, max_bat
         global_batch = partitioning.make_global_batch(numeric_fields(batch), mesh)
         with partitioning.mesh_context(mesh):
             metrics = eval_step(
-                state.params,
+                optimizers.served_params(state.params, state.opt_state),
                 state.model_state,
                 global_batch,
                 jax.random.fold_in(rng, index),
@@ -654,7 +656,8 @@ class _Run:
         if jax.process_count() > 1:
             return {}
         batches = itertools.islice(self.eval_iter_fn(), self.config.eval_batches)
-        report = self.model.score({"params": state.params, **state.model_state}, batches)
+        params = optimizers.served_params(state.params, state.opt_state)
+        report = self.model.score({"params": params, **state.model_state}, batches)
         report.write(paths.as_path(self.model_dir) / "eval" / str(step))
         return dict(report.metrics)
 

@@ -1,4 +1,5 @@
-"""Checkpoints: retention (keep-last + keep-best), another mesh, init-from, atomic steps."""
+"""Checkpoints: retention (keep-last + keep-best), another mesh, init-from, atomic steps, the
+params a checkpoint serves (its EMA when it kept one)."""
 
 import signal
 
@@ -93,7 +94,7 @@ def test_init_from_params_only_into_another_optimizer(tmp_path):
     checkpointer.save(5, state, {})
     checkpointer.close()
     _, abstract = _sharded_state(_init_fn("adafactor", ema_decay=None), mesh, rng=4)
-    params = checkpointing.restore_from(tmp_path / "pretrain", abstract.params, params_only=True)
+    params = checkpointing.restore_params(tmp_path / "pretrain", abstract.params)
     jax.tree.map(np.testing.assert_array_equal, params, state.params)
     assert checkpointing.resolve_init_checkpoint(tmp_path / "pretrain").name == "5"
 
@@ -110,6 +111,39 @@ def test_a_half_written_step_is_never_listed(tmp_path):
     reopened = checkpointing.Checkpointer(tmp_path)
     assert reopened.latest_step() == 2 and reopened.all_steps() == [2]
     reopened.close()
+
+
+def test_a_checkpoint_serves_the_ema_of_its_params_when_it_kept_one(tmp_path):
+    mesh = partitioning.make_mesh(MeshConfig(data=-1))
+    state, abstract = _sharded_state(_init_fn("adam", ema_decay=0.5), mesh)
+    for _ in range(3):
+        state = state.apply_gradients(jax.tree.map(jnp.ones_like, state.params))
+    ema = optimizers.ema_params(state.opt_state)
+    assert not np.allclose(ema["w"], state.params["w"])
+    plain, _ = _sharded_state(_init_fn("adam", ema_decay=None), mesh, rng=1)
+    for name, saved in (("ema_run", state), ("plain_run", plain)):
+        checkpointer = checkpointing.Checkpointer(tmp_path / name)
+        checkpointer.save(3, saved, {})
+        checkpointer.close()
+    ema_run, plain_run = tmp_path / "ema_run", tmp_path / "plain_run"
+
+    assert checkpointing.params_source(ema_run) == "ema"
+    served = checkpointing.restore_params(ema_run, abstract.params)
+    jax.tree.map(np.testing.assert_array_equal, served, ema)
+    part = checkpointing.restore_params(ema_run, {"w": abstract.params["w"]})  # a subtree
+    np.testing.assert_array_equal(part["w"], ema["w"])
+    np.testing.assert_array_equal(checkpointing.read_params_to_host(ema_run, "b"), ema["b"])
+    assert checkpointing.saved_params(ema_run)["w"].shape == (16, 8)
+    assert checkpointing.params_source(ema_run, ema=False) == "params"
+    raw = checkpointing.restore_params(ema_run, abstract.params, ema=False)
+    jax.tree.map(np.testing.assert_array_equal, raw, state.params)
+
+    assert checkpointing.params_source(plain_run) == "params"  # no EMA kept: the params
+    served = checkpointing.restore_params(plain_run, abstract.params)
+    jax.tree.map(np.testing.assert_array_equal, served, plain.params)
+    np.testing.assert_array_equal(
+        checkpointing.read_params_to_host(plain_run, "w"), plain.params["w"]
+    )
 
 
 def test_preemption_handler_turns_signals_into_a_flag_and_restores_handlers():

@@ -6,13 +6,15 @@ import os
 import subprocess
 import sys
 
+import gin
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
 from test_pseudo_label import ENCODER
 from test_pseudo_label_command import write_lm_run
 
-from bigssl_jax import inference
+from bigssl_jax import checkpointing, inference
 from bigssl_jax.models import ctc_model
 from bigssl_tasks import toy_corpus, vocab
 
@@ -47,6 +49,7 @@ def ctc_run(data_dir, tmp_path_factory):
         "train",
         "--gin_file=experiments/finetune_ctc_smoke.gin",
         "--gin_bindings=TrainerConfig.num_steps = 2",
+        "--gin_bindings=OptimizerConfig.ema_decay = 0.5",  # it serves the EMA of its params
         f"--model_dir={run}",
         f"--data_dir={data_dir}",
     )
@@ -114,6 +117,7 @@ def test_evaluate_writes_every_split_and_a_summary(ctc_run, data_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["step"] == 2 and set(results["results"]) == {"dev", "test"}
+    assert results["params"] == "ema"
     assert results["checkpoint"] == str(ctc_run / "checkpoints" / "2")  # the step scored
     assert "evaluate: test: wer" in done.stdout
     worst = json.loads((tmp_path / "test" / "worst.json").read_text())
@@ -136,6 +140,23 @@ def test_evaluate_fuses_a_language_model_of_the_same_vocabulary(ctc_run, data_di
     mismatched = _bigssl("evaluate", *flags, f"--lm_checkpoint={tmp_path / 'lm40'}")
     assert mismatched.returncode == 1
     assert "must share the vocabulary" in mismatched.stderr.strip().splitlines()[-1]
+
+
+def test_a_run_with_an_ema_serves_it_unless_asked_for_its_params(ctc_run):
+    gin.clear_config()  # load_model parses the run's config.gin
+    try:
+        served = inference.load_model(ctc_run)
+        gin.clear_config()
+        raw = inference.load_model(ctc_run, ema=False)
+    finally:
+        gin.clear_config()
+    assert (served.params_source, raw.params_source) == ("ema", "params")
+    state = checkpointing.restore_from(ctc_run, None)  # the saved state as it is
+    ema = state["opt_state"][-1]["ema"]
+    jax.tree.map(np.testing.assert_array_equal, served.variables["params"], ema)
+    jax.tree.map(np.testing.assert_array_equal, raw.variables["params"], state["params"])
+    differs = jax.tree.map(lambda a, b: not np.array_equal(a, b), ema, state["params"])
+    assert any(jax.tree.leaves(differs))  # two steps moved the params away from their EMA
 
 
 def test_fusion_needs_beam_search_and_a_decoding_model():

@@ -101,11 +101,13 @@ def _config(num_steps, **overrides):
     return trainer.TrainerConfig(**{**settings, **overrides})
 
 
-def _train(model_dir, num_steps, *, hooks=(), nan_from=None, model=None, **overrides):
+def _train(
+    model_dir, num_steps, *, hooks=(), nan_from=None, model=None, optimizer=OPTIMIZER, **overrides
+):
     mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
     return trainer.train(
         model=model or ToyModel(),
-        optimizer=OPTIMIZER,
+        optimizer=optimizer,
         config=_config(num_steps, **overrides),
         mesh=mesh,
         train_iter=ToyIterator(nan_from),
@@ -271,6 +273,25 @@ def test_init_params_scopes_take_only_those_subtrees(tmp_path):
     assert not np.array_equal(first["v"], fresh["v"])
     with pytest.raises(ValueError, match="init_params_scopes \\['head'\\]"):
         _init_from(tmp_path / "bad", tmp_path / "first", ToyModel(), ("head",))
+
+
+def test_a_run_with_an_ema_evaluates_it_and_runs_initialised_from_it_start_from_it(tmp_path):
+    ema_optimizer = dataclasses.replace(OPTIMIZER, ema_decay=0.5)
+    result = _train(tmp_path / "ema", 4, optimizer=ema_optimizer, eval_every=4)
+    ema = optimizers.ema_params(result.state.opt_state)
+    assert not np.allclose(ema["w"], result.state.params["w"])
+    whole = {k: np.concatenate([toy_batch(1000)[k], toy_batch(1001)[k]]) for k in toy_batch(0)}
+
+    def eval_loss(params):
+        rng = jax.random.key(0)
+        return float(ToyModel().loss({"params": params}, whole, rng, step=0, train=False)[0])
+
+    np.testing.assert_allclose(result.eval_metrics["loss"], eval_loss(ema), rtol=1e-5)
+    assert abs(eval_loss(ema) - eval_loss(result.state.params)) > 1e-4  # so the check tells
+    student = _init_from(tmp_path / "student", tmp_path / "ema", ToyModel())
+    jax.tree.map(
+        np.testing.assert_array_equal, _params(student.state), jax.tree.map(np.asarray, ema)
+    )
 
 
 class _EncoderNet(nn.Module):

@@ -3,6 +3,7 @@
     bigssl evaluate --checkpoint=/runs/ctc --data_dir=/tmp/demo
     bigssl evaluate --checkpoint=/runs/ctc/checkpoints/3000 --splits=test --beam_size=8
     bigssl evaluate --checkpoint=/runs/ctc --beam_size=8 --lm_checkpoint=/runs/lm --lm_weight=0.3
+    bigssl evaluate --checkpoint=/runs/ctc_ema --noema      # the raw params of an EMA run
 
 Rebuilds the model from the run's `config.gin` (or `--gin_file`), restores the checkpoint
 (`bigssl_jax.inference`), and for each split runs `model.score` over the whole split (eval
@@ -10,10 +11,12 @@ input settings from the gin's `eval/InputConfig`, one pass, no shuffling): WER a
 ASR models, accuracy and a confusion matrix for classifiers. Writes per split
 `<output_dir>/<split>/` (the report's files: `wer.json`, `transcripts.tsv`, `worst.json` for
 ASR), `<output_dir>/results.json` with every split's metrics, the step directories scored
-(model and fused LM) and the decoding settings, and TensorBoard scalars `<split>/<metric>` at
-the checkpoint's step; prints one line per split.
+(model and fused LM), which params ('ema' or 'params') and the decoding settings, and
+TensorBoard scalars `<split>/<metric>` at the checkpoint's step; prints one line per split.
 `--lm_checkpoint` (a `bigssl train-lm` run over the same vocabulary) shallow-fuses its LM
-into the beam search with weight `--lm_weight` (`inference.with_fusion_lm`).
+into the beam search with weight `--lm_weight` (`inference.with_fusion_lm`). A run trained
+with `OptimizerConfig.ema_decay` is scored with the EMA of its params, as its own evaluations
+were; `--noema` scores its raw params instead (default output `<run>/evaluate/<step>-noema`).
 
 Exit codes: 0 done; 1 a missing checkpoint, corpus or vocabulary (one line on stderr).
 """
@@ -34,6 +37,9 @@ _OUTPUT_DIR = flags.DEFINE_string(
 _MAX_BATCHES = flags.DEFINE_integer(
     "max_batches", None, "Score at most this many batches per split (default: all)."
 )
+_EMA = flags.DEFINE_bool(
+    "ema", True, "Score the EMA of the params when the run kept one (--noema: the params)."
+)
 
 
 def evaluate(
@@ -45,6 +51,7 @@ def evaluate(
     max_batches,
     lm_checkpoint=None,
     lm_weight=None,
+    ema=True,
 ) -> dict:
     """Scores the checkpoint on each split; returns {split: metrics}."""
     import dataclasses
@@ -58,7 +65,7 @@ def evaluate(
     from bigssl_jax.models import asr
     from bigssl_tasks import corpus_tasks
 
-    loaded = inference.load_model(checkpoint)
+    loaded = inference.load_model(checkpoint, ema=ema)
     model = asr.with_beam_size(loaded.model, beam_size)
     experiment = configurables.ExperimentConfig()
     names = train_command.register_tasks(experiment, data_dir)
@@ -72,7 +79,8 @@ def evaluate(
     # The LM's step is resolved once, so the step fused is the step results.json names.
     lm_step_dir = checkpointing.resolve_init_checkpoint(lm_checkpoint) if lm_checkpoint else None
     model = inference.with_fusion_lm(model, lm_step_dir, lm_weight)  # may clear gin
-    output_dir = paths.as_path(output_dir or loaded.run_dir / "evaluate" / str(loaded.step))
+    default_dir = loaded.run_dir / "evaluate" / f"{loaded.step}{'' if ema else '-noema'}"
+    output_dir = paths.as_path(output_dir or default_dir)
     writer = metric_writers.create_default_writer(
         str(output_dir), just_logging=jax.process_index() > 0
     )
@@ -88,7 +96,12 @@ def evaluate(
     writer.flush()
     output_dir.mkdir(parents=True, exist_ok=True)
     step_dir = checkpointing.checkpoint_dir(loaded.run_dir) / str(loaded.step)
-    summary = {"checkpoint": str(step_dir), "step": loaded.step, "results": results}
+    summary = {
+        "checkpoint": str(step_dir),
+        "step": loaded.step,
+        "params": loaded.params_source,
+        "results": results,
+    }
     if hasattr(model, "decoding"):
         summary["decoding"] = dataclasses.asdict(model.decoding)
         summary["lm"] = str(lm_step_dir or "")
@@ -114,6 +127,7 @@ def main(argv) -> int:
             _MAX_BATCHES.value,
             common_flags.LM_CHECKPOINT.value,
             common_flags.LM_WEIGHT.value,
+            _EMA.value,
         )
     except (FileNotFoundError, ValueError, registry_lib.CorpusNotFoundError) as error:
         print(f"evaluate: {error}", file=sys.stderr)
