@@ -30,10 +30,11 @@ Stages (each finds its finished output and skips; interrupted training resumes):
              trainer's default) the arms are the pipeline's baseline, teacher and student_1,
              the same runs: when the pipeline has trained all three, they are scored there
              instead of trained again.
-5. evaluate: WER of every model on dev, test and test_clean, then `results.json` (one row
-             per fraction, seed and arm, and the mean over seeds), `results.md` (test, dev
-             and test_clean tables, with the relative WER reduction of self-training over
-             supervised training) and `results.png` (test WER against labeled hours).
+5. evaluate: WER and CER of every model on dev, test and test_clean, then `results.json`
+             (one row per fraction, seed and arm, and the mean over seeds), `results.md`
+             (test, dev and test_clean tables, with the relative WER and CER reductions of
+             self-training over supervised training) and `results.png` (test WER against
+             labeled hours).
 
 Everything runs under `<data_dir>/experiments/data_efficiency/<preset>/`: `pretrain/` and
 `f<pct>_s<seed>/<stage>/` with the pipeline's `<stage>.log` and `DONE` markers.
@@ -167,10 +168,10 @@ def pipeline_seed() -> int:
 
 def pipeline_arms(
     pipeline_runner: pipeline.Runner, share: LabeledShare, seed: int
-) -> dict[str, dict[str, float]] | None:
+) -> dict[str, dict[str, dict[str, float]]] | None:
     """Stages 4-5 done by the pipeline: at f = 1 and the pipeline's seed, when it has trained
-    all three arms (`PIPELINE_STAGES`), their WER per split (scored by its own `evaluate_*`
-    stages, which run if missing); else None."""
+    all three arms (`PIPELINE_STAGES`), their error rates per split (scored by its own
+    `evaluate_*` stages, which run if missing); else None."""
     if share.fraction != 1.0 or seed != pipeline_seed():
         return None
     runs = {arm: pipeline_runner.work_dir / stage for arm, stage in PIPELINE_STAGES.items()}
@@ -190,8 +191,8 @@ def pipeline_arms(
 
 def run_arms(
     base: pipeline.Runner, share: LabeledShare, seed: int, pretrained: pathlib.Path
-) -> dict[str, dict[str, float]]:
-    """Stages 4-5 for one fraction and seed: the three arms and their WER per split."""
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Stages 4-5 for one fraction and seed: {arm: {split: {'wer': ..., 'cer': ...}}}."""
     runner = dataclasses.replace(
         base,
         corpus=share.corpus,
@@ -210,66 +211,83 @@ def run_arms(
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean (and population std) of every split's WER over seeds, per (fraction, arm)."""
+    """Mean (and population std) over seeds of every split's error rates, per (fraction, arm):
+    `wer`, `wer_std`, `cer`, `cer_std`, each {split: value}."""
     groups: dict[tuple[float, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["fraction"], row["arm"]), []).append(row)
     means = []
     for (fraction, arm), group in groups.items():
-        splits = [s for s in pipeline.EVAL_SPLITS if all(s in row["wer"] for row in group)]
-        wers = {s: np.array([row["wer"][s] for row in group]) for s in splits}
-        means.append(
-            {
-                "fraction": fraction,
-                "labeled_hours": group[0]["labeled_hours"],
-                "labeled_utterances": group[0]["labeled_utterances"],
-                "arm": arm,
-                "seeds": [row["seed"] for row in group],
-                "wer": {s: float(w.mean()) for s, w in wers.items()},
-                "wer_std": {s: float(w.std()) for s, w in wers.items()},
-            }
-        )
+        mean = {
+            "fraction": fraction,
+            "labeled_hours": group[0]["labeled_hours"],
+            "labeled_utterances": group[0]["labeled_utterances"],
+            "arm": arm,
+            "seeds": [row["seed"] for row in group],
+        }
+        for rate in pipeline.ERROR_RATES:
+            splits = [
+                s for s in pipeline.EVAL_SPLITS if all(s in row.get(rate, {}) for row in group)
+            ]
+            values = {s: np.array([row[rate][s] for row in group]) for s in splits}
+            mean[rate] = {s: float(v.mean()) for s, v in values.items()}
+            mean[f"{rate}_std"] = {s: float(v.std()) for s, v in values.items()}
+        means.append(mean)
     return means
 
 
 def _cell(mean: dict | None, split: str) -> str:
-    if mean is None or split not in mean["wer"]:
+    """'WER / CER' (%) of `split`, each '± std' over several seeds; '-' where missing."""
+    if mean is None:
         return "-"
-    text = f"{100 * mean['wer'][split]:.1f}"
-    return text + (f" ± {100 * mean['wer_std'][split]:.1f}" if len(mean["seeds"]) > 1 else "")
+    parts = []
+    for rate in pipeline.ERROR_RATES:
+        if split not in mean[rate]:
+            parts.append("-")
+            continue
+        std = f" ± {100 * mean[f'{rate}_std'][split]:.1f}" if len(mean["seeds"]) > 1 else ""
+        parts.append(f"{100 * mean[rate][split]:.1f}{std}")
+    return "-" if parts == ["-"] * len(parts) else " / ".join(parts)
 
 
 def relative_reduction(supervised: float, self_trained: float) -> float:
-    """Relative WER reduction of self-training over supervised training, in [-inf, 1]."""
+    """Relative error-rate reduction of self-training over supervised training, in [-inf, 1]."""
     return (supervised - self_trained) / supervised if supervised > 0 else math.nan
 
 
-def results_table(means: list[dict], split: str) -> str:
-    """A Markdown table of `split`'s mean WER (%): a row per fraction, a column per arm.
+def _reduction_cell(row: dict, rate: str, split: str) -> str:
+    pair = [row[arm] for arm in ("supervised", "self_trained")]
+    if not all(m is not None and split in m[rate] for m in pair):
+        return "-"
+    reduction = relative_reduction(pair[0][rate][split], pair[1][rate][split])
+    return "-" if math.isnan(reduction) else f"{100 * reduction:+.1f}%"
 
-    The last column is the relative WER reduction of `self_trained` over `supervised`.
-    """
+
+def results_table(means: list[dict], split: str) -> str:
+    """A Markdown table of `split`'s mean WER / CER (%): a row per fraction, a column per
+    arm, then the relative WER and CER reductions of `self_trained` over `supervised`."""
     by_key = {(m["fraction"], m["arm"]): m for m in means}
-    header = ["labeled", "hours", *ARMS, "WER reduction, self_trained vs supervised"]
+    header = [
+        "labeled",
+        "hours",
+        *ARMS,
+        "WER reduction, self_trained vs supervised",
+        "CER reduction",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for fraction in sorted({m["fraction"] for m in means}):
         row = {arm: by_key.get((fraction, arm)) for arm in ARMS}
         first = next(m for m in row.values() if m is not None)
         cells = [f"{100 * fraction:g}%", f"{first['labeled_hours']:.3f}"]
         cells += [_cell(row[arm], split) for arm in ARMS]
-        pair = [row[arm] for arm in ("supervised", "self_trained")]
-        if all(m is not None and split in m["wer"] for m in pair):
-            reduction = relative_reduction(pair[0]["wer"][split], pair[1]["wer"][split])
-            cells.append("-" if math.isnan(reduction) else f"{100 * reduction:+.1f}%")
-        else:
-            cells.append("-")
+        cells += [_reduction_cell(row, rate, split) for rate in pipeline.ERROR_RATES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def results_markdown(means: list[dict], corpus: str) -> str:
-    """One table per split (test first): mean WER (%) over seeds (± std with several)."""
-    parts = [f"# Data efficiency on {corpus}: WER (%)"]
+    """One table per split (test first): mean WER / CER (%) over seeds (± std with several)."""
+    parts = [f"# Data efficiency on {corpus}: WER / CER (%)"]
     for split in TABLE_SPLITS:
         if any(split in m["wer"] for m in means):
             parts += [f"## {split}", results_table(means, split)]
@@ -364,7 +382,11 @@ def run(
             arms = pipeline_arms(pipeline_runner, share, seed)
             if arms is None:
                 arms = run_arms(base, share, seed, pretrained)
-            for arm, wers in arms.items():
+            for arm, scores in arms.items():
+                rates = {
+                    rate: {split: r[rate] for split, r in scores.items() if rate in r}
+                    for rate in pipeline.ERROR_RATES
+                }
                 rows.append(
                     {
                         "fraction": share.fraction,
@@ -372,7 +394,7 @@ def run(
                         "labeled_utterances": share.utterances,
                         "arm": arm,
                         "seed": seed,
-                        "wer": wers,
+                        **rates,
                     }
                 )
     markdown = write_results(rows, corpus, out_dir)

@@ -18,8 +18,8 @@ latest checkpoint):
                      unlabeled split (`bigssl pseudo-label`);
      student_g:      the pre-trained encoder fine-tuned on labeled + pseudo-labeled batches
                      mixed 1:9 in every batch, with SpecAugment as its noise.
-9. evaluate:  WER of every model on dev, test and test_clean (`bigssl evaluate`); one table
-              (`results.md`, `results.json`) and a plot (`results.png`).
+9. evaluate:  WER and CER of every model on dev, test and test_clean (`bigssl evaluate`); one
+              table (`results.md`, `results.json`) and a plot of WER (`results.png`).
 
 Stages 5-9 run `bigssl` subprocesses (one clean process and gin config each) with the
 preset's experiment gins, writing under `<data_dir>/pipeline/<preset>/<stage>/` with a
@@ -45,6 +45,9 @@ DONE = "DONE"
 XLA_CACHE = "xla_cache"  # <data_dir>/xla_cache: the stages' shared compilation cache
 PRETRAIN = "pretrain"  # the pre-training stage's name (the data-efficiency experiment reuses it)
 EVAL_SPLITS = ("dev", "test", "test_clean")
+# The error rates reported per split. At laptop scale WER sits near 100% while CER still
+# moves, so the tables show both.
+ERROR_RATES = ("wer", "cer")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -224,8 +227,8 @@ class Runner:
             ],
         )
 
-    def evaluate(self, model: str, run_dir: pathlib.Path) -> dict[str, float]:
-        """Stage `evaluate_<model>`: WER of `run_dir` per evaluation split."""
+    def evaluate(self, model: str, run_dir: pathlib.Path) -> dict[str, dict[str, float]]:
+        """Stage `evaluate_<model>`: {split: {'wer': ..., 'cer': ...}} of `run_dir`."""
         name = f"evaluate_{model}"
         stage_dir = self.run(
             name,
@@ -236,7 +239,10 @@ class Runner:
             f"--output_dir={self.work_dir / name}",
         )
         scored = json.loads((stage_dir / "results.json").read_text())["results"]
-        return {split: scored[split]["wer"] for split in scored}
+        return {
+            split: {rate: metrics[rate] for rate in ERROR_RATES if rate in metrics}
+            for split, metrics in scored.items()
+        }
 
 
 def _semi_supervised_stages(runner: Runner) -> dict[str, pathlib.Path]:
@@ -261,18 +267,23 @@ def _evaluate(runner: Runner, models: dict[str, pathlib.Path]) -> dict[str, dict
     return results
 
 
+def rates_cell(rates: dict[str, float]) -> str:
+    """'WER / CER' in %, e.g. '89.6 / 58.6' ('-' for a missing rate)."""
+    return " / ".join(f"{100 * rates[r]:.1f}" if r in rates else "-" for r in ERROR_RATES)
+
+
 def results_table(results: dict[str, dict]) -> str:
-    """A Markdown table: one row per model, WER (%) per split."""
+    """A Markdown table: one row per model, WER / CER (%) per split."""
     splits = [s for s in EVAL_SPLITS if any(s in r for r in results.values())]
     lines = ["| model | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
-    for name, wers in results.items():
-        cells = [f"{100 * wers[s]:.1f}" if s in wers else "-" for s in splits]
+    for name, scores in results.items():
+        cells = [rates_cell(scores[s]) if s in scores else "-" for s in splits]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def write_results(results: dict[str, dict], work_dir: pathlib.Path) -> None:
-    """`results.json`, `results.md` and `results.png` (WER per model and split)."""
+    """`results.json`, `results.md` (WER / CER per model and split), `results.png` (WER)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,7 +294,7 @@ def write_results(results: dict[str, dict], work_dir: pathlib.Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 3.5))
     names = list(results)
     for split in EVAL_SPLITS:
-        values = [100 * results[name].get(split, float("nan")) for name in names]
+        values = [100 * results[name].get(split, {}).get("wer", float("nan")) for name in names]
         axis.plot(names, values, marker="o", label=split)
     axis.set_ylabel("WER (%)")
     axis.set_title("WER per pipeline stage")
@@ -366,6 +377,6 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
     corpus = prepare_inputs(preset, data_dir=data_dir, seed=seed, jobs=jobs)
     runner = Runner(preset, corpus, pathlib.Path(data_dir), work_dir(data_dir, preset_name))
     results = _evaluate(runner, _semi_supervised_stages(runner))
-    print(f"\nWER (%) on {corpus} ({runner.work_dir / 'results.png'}):\n")
+    print(f"\nWER / CER (%) on {corpus} ({runner.work_dir / 'results.png'}):\n")
     print(results_table(results), flush=True)
     return 0

@@ -81,6 +81,7 @@ def test_summary_and_table_mean_std_and_relative_reduction():
             "arm": arm,
             "seed": seed,
             "wer": {"test": wer, "dev": wer},
+            "cer": {"test": wer / 2, "dev": wer / 2},
         }
         for arm, wers in (("supervised", (0.4, 0.6)), ("self_trained", (0.2, 0.3)))
         for seed, wer in enumerate(wers)
@@ -89,10 +90,14 @@ def test_summary_and_table_mean_std_and_relative_reduction():
     assert means["supervised"]["seeds"] == [0, 1]
     assert math.isclose(means["supervised"]["wer"]["test"], 0.5)
     assert math.isclose(means["supervised"]["wer_std"]["test"], 0.1)
+    assert math.isclose(means["self_trained"]["cer"]["dev"], 0.125)
     table = data_efficiency.results_table(list(means.values()), "test")
-    # 50.0 ± 10.0 supervised, 25.0 ± 5.0 self-trained: a 50% relative reduction.
-    assert "| 50% | 0.100 | 50.0 ± 10.0 | - | 25.0 ± 5.0 | +50.0% |" in table
+    # WER 50.0 ± 10.0 supervised, 25.0 ± 5.0 self-trained: a 50% relative reduction; CER half.
+    expected = "| 50% | 0.100 | 50.0 ± 10.0 / 25.0 ± 5.0 | - | 25.0 ± 5.0 / 12.5 ± 2.5 "
+    assert expected + "| +50.0% | +50.0% |" in table
     assert math.isnan(data_efficiency.relative_reduction(0.0, 0.1))  # of a zero WER
+    one_seed = data_efficiency.summarize([{**rows[0], "cer": {}}])  # a run scored without CER
+    assert "| 40.0 / - |" in data_efficiency.results_table(one_seed, "test")
 
 
 def test_labeled_shares_of_the_tiny_corpus(tmp_path):
@@ -166,7 +171,7 @@ def test_full_fraction_at_the_pipelines_seed_is_the_pipelines_runs(tmp_path, mon
     def fake_run(self, name, command, *args):
         ran.append((self.work_dir.name, name))
         stage_dir = self.work_dir / name
-        scores = {"results": {"test": {"wer": len(name) / 100}}}
+        scores = {"results": {"test": {"wer": len(name) / 100, "cer": 0.1, "loss": 2.0}}}
         (stage_dir / "results.json").write_text(json.dumps(scores))
         return stage_dir
 
@@ -186,9 +191,9 @@ def test_full_fraction_at_the_pipelines_seed_is_the_pipelines_runs(tmp_path, mon
 
     arms = data_efficiency.pipeline_arms(pipeline_runner, full, seed)
     assert arms == {
-        "supervised": {"test": len("evaluate_baseline") / 100},
-        "pretrained": {"test": len("evaluate_teacher") / 100},
-        "self_trained": {"test": len("evaluate_student_1") / 100},
+        "supervised": {"test": {"wer": len("evaluate_baseline") / 100, "cer": 0.1}},
+        "pretrained": {"test": {"wer": len("evaluate_teacher") / 100, "cer": 0.1}},
+        "self_trained": {"test": {"wer": len("evaluate_student_1") / 100, "cer": 0.1}},
     }
     stages = ["evaluate_baseline", "evaluate_teacher", "evaluate_student_1"]
     assert ran == [("smoke", stage) for stage in stages]  # scored in the pipeline's own dir
@@ -230,7 +235,7 @@ def test_smoke_data_efficiency_runs_every_arm_then_skips_them(tmp_path):
     assert [row["arm"] for row in results["rows"]] == list(data_efficiency.ARMS)
     for row in results["rows"]:
         assert (row["fraction"], row["seed"], row["labeled_utterances"]) == (0.5, 0, pool // 2)
-        assert set(row["wer"]) == {"dev", "test", "test_clean"}
+        assert set(row["wer"]) == set(row["cer"]) == {"dev", "test", "test_clean"}
     assert [m["arm"] for m in results["means"]] == list(data_efficiency.ARMS)
     assert (work / "results.png").stat().st_size > 0
     assert (work / "results.md").read_text().strip() in first.stdout

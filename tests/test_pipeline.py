@@ -44,7 +44,8 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert manifest["num_examples"] > 0
     results = json.loads((work / "results.json").read_text())
     assert list(results) == ["baseline", "teacher", "student_1"]
-    assert all(set(wers) == {"dev", "test", "test_clean"} for wers in results.values())
+    assert all(set(scores) == {"dev", "test", "test_clean"} for scores in results.values())
+    assert all(set(rates) == {"wer", "cer"} for r in results.values() for rates in r.values())
     assert "| student_1 |" in first.stdout and (work / "results.png").stat().st_size > 0
     assert any((tmp_path / pipeline.XLA_CACHE).iterdir())  # the stages' compilation cache
 
