@@ -239,17 +239,18 @@ def restore_from(path: os.PathLike | str, abstract: Any) -> Any:
         return checkpointer.restore(step_dir / STATE, abstract)
 
 
-def _restore_item(step_dir: epath.Path, item: Mapping[str, Any]) -> Mapping[str, Any]:
+def _restore_item(
+    step_dir: epath.Path, item: Mapping[str, Any], restore_args: Any = None
+) -> Mapping[str, Any]:
     """The fields of the state saved at `step_dir` that `item` names, read into it (a
-    partial restore: `item` may hold subtrees, and None where a list entry is skipped)."""
+    partial restore: `item` may hold subtrees, and None where a list entry is skipped).
+    `restore_args` default: arrays placed as `item`'s leaves say."""
+    if restore_args is None:
+        restore_args = ocp.checkpoint_utils.construct_restore_args(item)
     with ocp.PyTreeCheckpointer() as checkpointer:
         return checkpointer.restore(
             step_dir / STATE,
-            args=ocp.args.PyTreeRestore(
-                item=item,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                partial_restore=True,
-            ),
+            args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
         )
 
 
@@ -328,12 +329,7 @@ def read_params_to_host(path: os.PathLike | str, scope: str) -> dict[str, Any]:
     slot = _ema_slot(tree, ema=True)
     item = _at_served_params(tree, slot, {scope: _served_params(tree, slot)[scope]})
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        restored = checkpointer.restore(
-            step_dir / STATE,
-            args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
-        )
-    return _served_params(restored, slot)[scope]
+    return _served_params(_restore_item(step_dir, item, restore_args), slot)[scope]
 
 
 def place(host: Any, abstract: Any) -> Any:

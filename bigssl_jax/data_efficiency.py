@@ -238,16 +238,11 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def _cell(mean: dict | None, split: str) -> str:
     """'WER / CER' (%) of `split`, each '± std' over several seeds; '-' where missing."""
-    if mean is None:
+    if mean is None or not any(split in mean[rate] for rate in pipeline.ERROR_RATES):
         return "-"
-    parts = []
-    for rate in pipeline.ERROR_RATES:
-        if split not in mean[rate]:
-            parts.append("-")
-            continue
-        std = f" ± {100 * mean[f'{rate}_std'][split]:.1f}" if len(mean["seeds"]) > 1 else ""
-        parts.append(f"{100 * mean[rate][split]:.1f}{std}")
-    return "-" if parts == ["-"] * len(parts) else " / ".join(parts)
+    rates = {r: mean[r][split] for r in pipeline.ERROR_RATES if split in mean[r]}
+    stds = {r: mean[f"{r}_std"][split] for r in rates} if len(mean["seeds"]) > 1 else None
+    return pipeline.rates_cell(rates, stds)
 
 
 def relative_reduction(supervised: float, self_trained: float) -> float:

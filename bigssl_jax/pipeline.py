@@ -267,9 +267,16 @@ def _evaluate(runner: Runner, models: dict[str, pathlib.Path]) -> dict[str, dict
     return results
 
 
-def rates_cell(rates: dict[str, float]) -> str:
-    """'WER / CER' in %, e.g. '89.6 / 58.6' ('-' for a missing rate)."""
-    return " / ".join(f"{100 * rates[r]:.1f}" if r in rates else "-" for r in ERROR_RATES)
+def rates_cell(rates: dict[str, float], stds: dict[str, float] | None = None) -> str:
+    """'WER / CER' in %, e.g. '89.6 / 58.6' ('-' for a missing rate), each '± std' when
+    `stds` (over seeds) is given."""
+
+    def one(rate: str) -> str:
+        if rate not in rates:
+            return "-"
+        return f"{100 * rates[rate]:.1f}" + (f" ± {100 * stds[rate]:.1f}" if stds else "")
+
+    return " / ".join(one(rate) for rate in ERROR_RATES)
 
 
 def results_table(results: dict[str, dict]) -> str:
