@@ -2,18 +2,23 @@
 
     Create(units 0..U-1) -> Reshuffle -> ParDo(LabelUnits) -> Count -> finalize
 
-Each worker loads the teacher once (`DoFn.setup`) and runs `pseudo_label.label_unit` on
-the units it is handed: the same files, atomic renames and done markers as
-`bigssl pseudo-label`, so a retried or speculatively duplicated bundle rewrites a unit's
-one file and no utterance is labeled twice; re-running a failed pipeline skips the units
-already done. After the last unit, one worker filters and writes the manifest and report
-(`pseudo_label.finalize`). Needs the `beam` extra (`pip install -e ".[beam]"`); runs on
-the DirectRunner, Dataflow, Flink or Spark (see docs/self_training.md).
+Each worker loads the teacher once (`DoFn.setup`, from a `pseudo_label.TeacherSpec`: the
+run, the decoding overrides and the fusion LM the launcher checked) and runs
+`pseudo_label.label_unit` on the units it is handed: the same files, atomic renames and
+done markers as `bigssl pseudo-label`, so a retried or speculatively duplicated bundle
+rewrites a unit's one file and no utterance is labeled twice; re-running a failed pipeline
+skips the units already done. After the last unit, one worker filters and writes the
+manifest and report (`pseudo_label.finalize`). Needs the `beam` extra
+(`pip install -e ".[beam]"`); runs on the DirectRunner, Dataflow, Flink or Spark
+(see docs/self_training.md).
 
     python -m bigssl_jax.beam_pseudo_label --checkpoint=gs://b/runs/ctc \\
         --data_dir=gs://b/data --corpus=c --output_dir=gs://b/pl/gen1 -- \\
         --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp \\
         --setup_file=./setup.py
+
+`--lm_checkpoint` / `--lm_weight` shallow-fuse a `bigssl train-lm` run into the teacher's
+beam search, as `bigssl pseudo-label` does.
 """
 
 import dataclasses
@@ -23,23 +28,6 @@ import sys
 from collections.abc import Callable, Sequence
 
 from bigssl_jax import pseudo_label
-from bigssl_jax.models import asr
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointTeacher:
-    """A picklable teacher factory: `pseudo_label.load_teacher` on the worker.
-
-    Attributes:
-      checkpoint: the teacher's run, checkpoints or step directory.
-      decoding: replaces the run's decoding settings (None: the run's).
-    """
-
-    checkpoint: str
-    decoding: asr.DecodingConfig | None = None
-
-    def __call__(self) -> pseudo_label.Teacher:
-        return pseudo_label.load_teacher(self.checkpoint, decoding=self.decoding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +65,8 @@ def build(
 
     Args:
       pipeline: a `beam.Pipeline`.
-      teacher_fn: builds the teacher on a worker (picklable, e.g. `CheckpointTeacher`).
+      teacher_fn: builds the teacher on a worker (picklable, e.g. a
+        `pseudo_label.TeacherSpec`'s `load`).
       config: the labeling job (`config.task` must be registered on the workers:
         `register_tasks` does it in each worker's setup).
       finalize: the filtering and manifest settings.
@@ -122,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from bigssl_jax import paths
+    from bigssl_jax import checkpointing, paths
     from bigssl_jax.data import registry as registry_lib
     from bigssl_jax.data import schema
     from bigssl_tasks import corpus_tasks
@@ -134,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=None)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--beam_size", type=int, default=None)
+    parser.add_argument("--max_output_length", type=int, default=None)
+    parser.add_argument("--lm_checkpoint", default=None, help="a train-lm run to fuse")
+    parser.add_argument("--lm_weight", type=float, default=None)
     parser.add_argument("--min_confidence", type=float, default=None)
     parser.add_argument("--keep_top_fraction", type=float, default=1.0)
     parser.add_argument("--normalization", default="token", choices=pseudo_label.NORMALIZATIONS)
@@ -145,19 +137,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         register = functools.partial(_register_corpus, args.corpus, args.data_dir)
         register()
         task = corpus_tasks.task_name(args.corpus, args.split, "unlabeled")
-        teacher = pseudo_label.load_teacher(args.checkpoint)  # settings and name only
+        # Resolved once: every worker fuses the step the manifest names.
+        lm_step_dir = (
+            str(checkpointing.resolve_init_checkpoint(args.lm_checkpoint))
+            if args.lm_checkpoint
+            else None
+        )
+        teacher_spec = pseudo_label.TeacherSpec(
+            args.checkpoint,
+            beam_size=args.beam_size,
+            max_output_length=args.max_output_length,
+            lm_checkpoint=lm_step_dir,
+            lm_weight=args.lm_weight,
+        )
+        teacher = teacher_spec.load()  # checked here; its settings and name go into the job
     except (registry_lib.CorpusNotFoundError, KeyError, FileNotFoundError, ValueError) as error:
         print(f"beam_pseudo_label: {error}", file=sys.stderr)
         return 1
-    decoding = teacher.model.decoding
-    if args.beam_size is not None:
-        decoding = dataclasses.replace(decoding, beam_size=args.beam_size)
     config = pseudo_label.LabelConfig(
         task=task,
         output_dir=args.output_dir,
         num_units=pseudo_label.num_units(task),
         teacher=teacher.name,
-        decoding=decoding,
+        decoding=teacher.model.decoding,
+        lm=lm_step_dir or "",
         batch_size=args.batch_size,
     )
     spec = FinalizeSpec(
@@ -174,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
         reports = build(
             pipeline,
-            teacher_fn=CheckpointTeacher(args.checkpoint, decoding),
+            teacher_fn=teacher_spec.load,
             config=config,
             finalize=spec,
             register_tasks=register,

@@ -43,6 +43,7 @@ import json
 import math
 import os
 import socket
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -242,6 +243,58 @@ def load_teacher(
     model = dataclasses.replace(loaded.model, decoding=decoding or loaded.model.decoding, lm=lm)
     step_dir = checkpointing.resolve_init_checkpoint(checkpoint)
     return Teacher(model, loaded.variables, str(step_dir))
+
+
+_LOAD_LOCK = threading.Lock()  # teachers and LMs are rebuilt from gin, a global
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSpec:
+    """How to load a teacher: its run, decoding overrides and fusion LM. Picklable, so that
+    every Beam worker loads the teacher the launcher checked (`load`).
+
+    Attributes:
+      checkpoint: the teacher's run, checkpoints or step directory.
+      beam_size: replaces the run's beam size (None: the run's).
+      max_output_length: replaces the run's longest transcript in tokens (None: the run's).
+      lm_checkpoint: a `bigssl train-lm` run (resolve it to a step directory first, so that
+        every worker fuses the same step), or None for no fusion.
+      lm_weight: the fusion weight (None: the run's `DecodingConfig.lm_weight`).
+    """
+
+    checkpoint: str
+    beam_size: int | None = None
+    max_output_length: int | None = None
+    lm_checkpoint: str | None = None
+    lm_weight: float | None = None
+
+    def load(self) -> Teacher:
+        """The teacher with the overrides applied and the LM fused.
+
+        Raises:
+          FileNotFoundError: no finalised checkpoint at the teacher or the LM.
+          ValueError: a teacher without a vocabulary, or an LM that cannot be fused
+            (`inference.with_fusion_lm`).
+        """
+        import gin
+
+        from bigssl_jax import inference
+
+        with _LOAD_LOCK:  # Beam may run several workers' setups in one process
+            teacher = load_teacher(self.checkpoint)
+            if not teacher.model.vocabulary:
+                raise ValueError(
+                    f"the teacher at {self.checkpoint} has no vocabulary (vocabulary.model)"
+                )
+            overrides = {"beam_size": self.beam_size, "max_output_length": self.max_output_length}
+            decoding = dataclasses.replace(
+                teacher.model.decoding, **{k: v for k, v in overrides.items() if v is not None}
+            )
+            model = dataclasses.replace(teacher.model, decoding=decoding)
+            model = inference.with_fusion_lm(model, self.lm_checkpoint, self.lm_weight)
+            if self.lm_checkpoint:
+                gin.clear_config()  # the LM's gin: the next load must read the teacher's
+        return dataclasses.replace(teacher, model=model)
 
 
 class Decoder:

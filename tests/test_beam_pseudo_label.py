@@ -7,7 +7,7 @@ import json
 import gin
 import pytest
 import tensorflow as tf
-from test_pseudo_label_command import write_teacher_run
+from test_pseudo_label_command import write_lm_run, write_teacher_run
 
 from bigssl_jax import beam_pseudo_label, pseudo_label
 from bigssl_tasks import corpus_tasks, toy_corpus, vocab
@@ -79,6 +79,53 @@ def test_direct_runner_labels_each_unit_once_skips_done_units_and_matches_the_li
                 for u in m["utterances"]}  # fmt: skip
     _, markers = pseudo_label.read_markers(str(output_dir))
     assert {u[0]: u[4] for m in markers for u in m["utterances"]} == expected
+
+
+def test_direct_runner_fuses_the_lm_like_the_library(tmp_path, capsys):
+    """--lm_checkpoint / --lm_weight: the workers' labels are those of the fused teacher the
+    launcher checked (scores with the LM's terms), and job.json names the LM's step."""
+    data_dir, output_dir = tmp_path / "data", tmp_path / "pl"
+    toy_corpus.write_toy_corpus(
+        data_dir, CORPUS, splits={"unlabeled": (6, False)}, num_shards=2, max_seconds=1.0
+    )
+    vocabulary = str(tmp_path / "spm.model")
+    vocab.train_vocabulary([" ".join(toy_corpus.WORDS)] * 4, vocabulary, vocab_size=40)
+    write_teacher_run(tmp_path / "teacher", vocabulary)
+    write_lm_run(tmp_path / "lm")
+    flags = [
+        f"--checkpoint={tmp_path / 'teacher'}", f"--data_dir={data_dir}", f"--corpus={CORPUS}",
+        f"--output_dir={output_dir}", "--batch_size=4", f"--lm_checkpoint={tmp_path / 'lm'}",
+        "--lm_weight=0.5",
+    ]  # fmt: skip
+    assert beam_pseudo_label.main([*flags, "--", "--runner=DirectRunner"]) == 0
+    lm_step = str(tmp_path / "lm" / "checkpoints" / "1")
+    job = json.loads((output_dir / "job.json").read_text())
+    assert job["lm"] == lm_step and job["decoding"]["lm_weight"] == 0.5
+
+    corpus_tasks.register_corpus_tasks(CORPUS, data_dir=data_dir)
+    fused = pseudo_label.TeacherSpec(
+        str(tmp_path / "teacher"), lm_checkpoint=lm_step, lm_weight=0.5
+    ).load()
+    plain = pseudo_label.TeacherSpec(str(tmp_path / "teacher")).load()
+    assert fused.model.lm is not None and plain.model.lm is None
+
+    def labels(teacher, directory):
+        config = pseudo_label.LabelConfig(
+            task=TASK, output_dir=str(tmp_path / directory), num_units=2, teacher=teacher.name,
+            decoding=teacher.model.decoding, batch_size=4,
+        )  # fmt: skip
+        markers = pseudo_label.label_units(teacher, config, range(2))
+        return {u[0]: u[1:] for m in markers for u in m["utterances"]}
+
+    _, markers = pseudo_label.read_markers(str(output_dir))
+    written = {u[0]: u[1:] for m in markers for u in m["utterances"]}
+    assert written == labels(fused, "fused") != labels(plain, "plain")
+    # Fusion needs beam search: a greedy teacher with an LM is one line, before any worker.
+    status = beam_pseudo_label.main(
+        [*flags, "--beam_size=1", f"--output_dir={tmp_path / 'greedy'}", "--"]
+    )
+    assert status == 1
+    assert "needs beam search" in capsys.readouterr().err
 
 
 def test_a_missing_corpus_is_one_line_on_stderr(tmp_path, capsys):

@@ -19,7 +19,6 @@ Transformer LM into the teacher's beam search with weight `--lm_weight`.
 Exit codes: 0 done; 1 a user error (one line on stderr); 2 bad flags.
 """
 
-import dataclasses
 import json
 import sys
 
@@ -53,24 +52,19 @@ _NORMALIZATION = flags.DEFINE_enum(
 
 def _teacher(checkpoint: str):
     """(the teacher with the decoding flags and fusion LM applied, the LM's identity)."""
-    from bigssl_jax import checkpointing, inference, pseudo_label
+    from bigssl_jax import checkpointing, pseudo_label
 
-    teacher = pseudo_label.load_teacher(checkpoint)
-    if not teacher.model.vocabulary:
-        raise ValueError(f"the teacher at {checkpoint} has no vocabulary (vocabulary.model)")
-    overrides = {
-        "beam_size": common_flags.BEAM_SIZE.value,
-        "max_output_length": _MAX_OUTPUT_LENGTH.value,
-    }
-    decoding = dataclasses.replace(
-        teacher.model.decoding, **{k: v for k, v in overrides.items() if v is not None}
-    )
-    model = dataclasses.replace(teacher.model, decoding=decoding)
     lm_checkpoint = common_flags.LM_CHECKPOINT.value
     # Resolved once: the step fused is the step the manifest names.
     lm_step_dir = checkpointing.resolve_init_checkpoint(lm_checkpoint) if lm_checkpoint else None
-    model = inference.with_fusion_lm(model, lm_step_dir, common_flags.LM_WEIGHT.value)
-    return dataclasses.replace(teacher, model=model), str(lm_step_dir or "")
+    spec = pseudo_label.TeacherSpec(
+        checkpoint,
+        beam_size=common_flags.BEAM_SIZE.value,
+        max_output_length=_MAX_OUTPUT_LENGTH.value,
+        lm_checkpoint=str(lm_step_dir) if lm_step_dir else None,
+        lm_weight=common_flags.LM_WEIGHT.value,
+    )
+    return spec.load(), str(lm_step_dir or "")
 
 
 def _run(data_dir) -> int:
