@@ -434,6 +434,7 @@ def evaluate(eval_step, state, batches: Iterator[base.Batch], mesh, rng, max_bat
     Returns:
       {name: value}, or {} when there is no batch.
     """
+    params = optimizers.served_params(state.params, state.opt_state)
     sums, total_weight, num_batches = {}, 0.0, 0
     for index, batch in enumerate(batches):
         if max_batches is not None and index >= max_batches:
@@ -441,7 +442,7 @@ def evaluate(eval_step, state, batches: Iterator[base.Batch], mesh, rng, max_bat
         global_batch = partitioning.make_global_batch(numeric_fields(batch), mesh)
         with partitioning.mesh_context(mesh):
             metrics = eval_step(
-                optimizers.served_params(state.params, state.opt_state),
+                params,
                 state.model_state,
                 global_batch,
                 jax.random.fold_in(rng, index),
