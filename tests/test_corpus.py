@@ -1,5 +1,6 @@
 """Tests of the embedded synthetic corpus: sentences, augmentation, espeak, make-corpus."""
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -310,3 +311,52 @@ def test_command_prints_summary_and_reports_errors(corpus, capsys):
         assert "--snr_db_range" in capsys.readouterr().err
     finally:
         flags.FLAGS.unparse_flags()
+
+
+# --- the closed-vocabulary preset of the data-efficiency claim ----------------------------------
+
+
+def test_closed_preset_plan_keeps_text_only_sentences_out_of_every_split():
+    preset = synthetic_corpus.PRESETS["closed"]
+    plan = synthetic_corpus.plan_corpus(preset, 0, preset.word_vocab_size)
+    text_only = synthetic_corpus.text_only_sentences(preset, 0, preset.word_vocab_size)
+    by_split = {split: [u for u in plan if u.split == split] for split in synthetic_corpus.SPLITS}
+    assert {s: len(u) for s, u in by_split.items()} == preset.split_sizes()
+    texts = {split: {u.sentence.text for u in utts} for split, utts in by_split.items()}
+    assert len(texts["unlabeled"]) == preset.unlabeled_sentences < preset.unlabeled
+    assert len(texts["labeled"]) == preset.labeled  # sentences repeat in unlabeled only
+    only = {s.text for s in text_only}
+    assert len(only) == len(text_only) == preset.text_only
+    for split, spoken in texts.items():
+        assert not spoken & only, split
+        for other in synthetic_corpus.SPLITS:
+            if other != split and {split, other} != {"test", "test_clean"}:
+                assert not spoken & texts[other], (split, other)
+    vocab = sentences.top_words(preset.word_vocab_size)
+    assert all(set(text.split()) <= vocab for text in only | set().union(*texts.values()))
+    held_out = {u.speaker.speaker_id for u in by_split["test"]}
+    assert len(held_out) == preset.test_speakers == 32
+
+
+def test_presets_without_the_new_fields_keep_their_recorded_sizes():
+    """Corpora made before `text_only` existed match their corpus.json parameters."""
+    assert set(synthetic_corpus.PRESETS["small"].to_json()) == {
+        "labeled", "unlabeled", "dev", "test", "train_speakers", "dev_speakers",
+        "test_speakers", "block_size",
+    }  # fmt: skip
+    assert synthetic_corpus.PRESETS["closed"].to_json()["text_only"] == 1292
+
+
+def test_text_only_file_is_written_last_with_the_corpus(tmp_path, monkeypatch):
+    tiny = synthetic_corpus.PRESETS["tiny"]
+    with_text = dataclasses.replace(tiny, unlabeled_sentences=10, text_only=5)
+    monkeypatch.setitem(synthetic_corpus.PRESETS, "tiny_text", with_text)
+    info, made = synthetic_corpus.make_corpus(
+        tmp_path, preset="tiny_text", seed=0, jobs=1, progress=False
+    )
+    assert made and info["text_only"] == {"file": "text_only.txt", "num_sentences": 5}
+    lines = (tmp_path / synthetic_corpus.TEXT_ONLY_FILE).read_text().splitlines()
+    expected = synthetic_corpus.text_only_sentences(with_text, 0, None)
+    assert lines == [s.text for s in expected]
+    oracle = [row["oracle_text"] for row in _manifest(tmp_path, "unlabeled")]
+    assert len(oracle) == 20 and len(set(oracle)) == 10

@@ -6,10 +6,15 @@ Layout under the output directory:
     <split>/manifest.jsonl          one JSON object per utterance (fields below)
     <split>/audio/<id>.flac         16 kHz mono PCM_16
 
+    text_only.txt                   sentences spoken in no split (presets with `text_only`)
+
 Splits: `labeled` and `unlabeled` share the training speakers; `dev` and `test` each have
 their own held-out speakers; `test_clean` is `test` again (same speakers, same sentences, same
 utterance order) with no speed, reverb, telephone or noise augmentation, so the two give a paired
-clean-versus-noisy comparison. Apart from that pair, no sentence appears in two splits.
+clean-versus-noisy comparison. Apart from that pair, no sentence appears in two splits; a preset
+with `unlabeled_sentences` repeats sentences inside the unlabeled split only (other speakers,
+other draws). `text_only.txt` holds further sentences, one normalised transcript a line, spoken
+in no split: text for tokenizers and language models that has never been heard.
 
 Manifest fields: `id`, `audio` (path relative to the manifest's folder), `duration` (s),
 `speaker`, `text` (labeled/dev/test/test_clean) or `oracle_text` (unlabeled: the transcript under
@@ -40,6 +45,7 @@ from bigssl_jax.data import augment, espeak, sentences
 
 SAMPLE_RATE = 16000
 SPLITS = ("labeled", "unlabeled", "dev", "test", "test_clean")
+TEXT_ONLY_FILE = "text_only.txt"
 UNLABELED_SPLITS = ("unlabeled",)
 CORPUS_FILE = "corpus.json"
 FORMAT_VERSION = 1
@@ -60,6 +66,11 @@ class Preset:
       train_speakers: speakers shared by labeled and unlabeled.
       dev_speakers, test_speakers: held-out speakers of dev and of test/test_clean.
       block_size: utterances per synthesis process (fixed, so output never depends on workers).
+      word_vocab_size: keep only sentences within this many most frequent words (None: all);
+        `make_corpus(vocab_size=...)` overrides it.
+      unlabeled_sentences: distinct sentences the unlabeled split speaks, each about
+        `unlabeled / unlabeled_sentences` times (None: one per utterance).
+      text_only: sentences of `text_only.txt` (spoken in no split).
     """
 
     labeled: int
@@ -70,10 +81,30 @@ class Preset:
     dev_speakers: int
     test_speakers: int
     block_size: int = 64
+    word_vocab_size: int | None = None
+    unlabeled_sentences: int | None = None
+    text_only: int = 0
 
     def split_sizes(self) -> dict[str, int]:
         return {"labeled": self.labeled, "unlabeled": self.unlabeled, "dev": self.dev,
                 "test": self.test, "test_clean": self.test}  # fmt: skip
+
+    def split_sentences(self) -> dict[str, int]:
+        """Distinct sentences each spoken split draws from the pool (test_clean reuses test's)."""
+        sizes = self.split_sizes()
+        del sizes["test_clean"]
+        sizes["unlabeled"] = self.unlabeled_sentences or self.unlabeled
+        return sizes
+
+    def to_json(self) -> dict:
+        """The sizes as `corpus.json` records them; the optional fields only when set, so
+        corpora made before they existed keep their parameters."""
+        optional = {"word_vocab_size": None, "unlabeled_sentences": None, "text_only": 0}
+        return {
+            key: value
+            for key, value in dataclasses.asdict(self).items()
+            if key not in optional or value != optional[key]
+        }
 
 
 PRESETS = {
@@ -83,6 +114,14 @@ PRESETS = {
                     dev_speakers=16, test_speakers=16),
     "medium": Preset(labeled=1200, unlabeled=3800, dev=300, test=300, train_speakers=192,
                      dev_speakers=24, test_speakers=24),
+    # Made for the data-efficiency claim: 1,000 words (so a letter model can spell the test
+    # words from its labels), a 2,000-utterance labeled pool (10% = 200 utterances, ~12 min),
+    # unlabeled audio 12x that, 300-utterance dev / test from 32 held-out speakers each, and
+    # 1,292 text-only sentences (all the rest of the 5,092 the vocabulary allows) for the
+    # tokenizer and the LM.
+    "closed": Preset(labeled=2000, unlabeled=2400, dev=300, test=300, train_speakers=128,
+                     dev_speakers=32, test_speakers=32, word_vocab_size=1000,
+                     unlabeled_sentences=1200, text_only=1292),
 }  # fmt: skip
 
 
@@ -139,6 +178,18 @@ def draw_voices(rng: np.random.Generator, count: int) -> list[espeak.Voice]:
 
 def plan_corpus(preset: Preset, seed: int, vocab_size: int | None) -> list[Utterance]:
     """Every utterance of the corpus, in split order (a pure function of its arguments)."""
+    return _plan(preset, seed, vocab_size)[0]
+
+
+def text_only_sentences(
+    preset: Preset, seed: int, vocab_size: int | None
+) -> list[sentences.Sentence]:
+    """The preset's `text_only` sentences: drawn with the plan, spoken in no split."""
+    return _plan(preset, seed, vocab_size)[1]
+
+
+def _plan(preset: Preset, seed: int, vocab_size: int | None):
+    """(utterances in split order, text-only sentences); see `plan_corpus`."""
     counts = {"tr": preset.train_speakers, "dv": preset.dev_speakers, "ts": preset.test_speakers}
     voices = iter(draw_voices(_rng(seed, _STREAM_SPEAKERS, 0), sum(counts.values())))
     groups = {
@@ -146,8 +197,8 @@ def plan_corpus(preset: Preset, seed: int, vocab_size: int | None) -> list[Utter
         for prefix, count in counts.items()
     }
     pool = sentences.load_sentences(vocab_size)
-    sizes = preset.split_sizes()
-    needed = sum(n for split, n in sizes.items() if split != "test_clean")
+    sizes, distinct = preset.split_sizes(), preset.split_sentences()
+    needed = sum(distinct.values()) + preset.text_only
     if len(pool) < needed:
         raise CorpusError(
             f"vocab_size={vocab_size} leaves {len(pool)} sentences; this preset needs {needed}"
@@ -159,16 +210,18 @@ def plan_corpus(preset: Preset, seed: int, vocab_size: int | None) -> list[Utter
         group = groups[{"labeled": "tr", "unlabeled": "tr", "dev": "dv", "test": "ts"}[split]]
         turns = rng.permutation(sizes[split]) % len(group)
         for k in range(sizes[split]):
-            plan.append((split, k, group[turns[k]], pool[order[start + k]]))
-        start += sizes[split]
+            plan.append((split, k, group[turns[k]], pool[order[start + k % distinct[split]]]))
+        start += distinct[split]
+    text_only = [pool[i] for i in order[start : start + preset.text_only]]
     synth_seeds = [int(_rng(seed, _STREAM_ESPEAK, i).integers(2**31)) for i in range(len(plan))]
     twins = [(i, k, spk, sent) for i, (split, k, spk, sent) in enumerate(plan) if split == "test"]
     plan += [("test_clean", k, spk, sent) for _, k, spk, sent in twins]
     synth_seeds += [synth_seeds[i] for i, *_ in twins]
-    return [
+    utterances = [
         Utterance(i, f"{split}-{k:05d}", split, spk, sent, synth_seeds[i])
         for i, (split, k, spk, sent) in enumerate(plan)
     ]
+    return utterances, text_only
 
 
 def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -240,7 +293,7 @@ def _parameters(preset_name: str, seed: int, vocab_size, config: augment.Augment
     params = {
         "format_version": FORMAT_VERSION, "preset": preset_name, "seed": seed,
         "vocab_size": vocab_size, "sample_rate": SAMPLE_RATE,
-        "sizes": dataclasses.asdict(PRESETS[preset_name]),
+        "sizes": PRESETS[preset_name].to_json(),
         "augment": dataclasses.asdict(config), "accents": list(espeak.ACCENTS),
         "variants": list(espeak.VARIANTS),
     }  # fmt: skip
@@ -290,7 +343,8 @@ def make_corpus(
       preset: a key of `PRESETS`.
       seed: decides speakers, sentences, splits and every augmentation draw.
       jobs: worker processes (the output does not depend on it).
-      vocab_size: keep only sentences within the N most frequent words (None: all).
+      vocab_size: keep only sentences within the N most frequent words (None: the preset's
+        `word_vocab_size`).
       snr_db_range: (min, max) SNR of additive noise (default `AugmentConfig`'s 5-25 dB).
       progress: show a tqdm progress bar on stderr.
 
@@ -299,6 +353,8 @@ def make_corpus(
     """
     if preset not in PRESETS:
         raise CorpusError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    if vocab_size is None:
+        vocab_size = PRESETS[preset].word_vocab_size
     config = augment.AugmentConfig()
     if snr_db_range is not None:
         config = dataclasses.replace(config, snr_db_range=tuple(map(float, snr_db_range)))
@@ -307,7 +363,7 @@ def make_corpus(
     existing = _existing_corpus(out_dir, params)
     if existing is not None:
         return existing, False
-    plan = plan_corpus(PRESETS[preset], seed, vocab_size)
+    plan, text_only = _plan(PRESETS[preset], seed, vocab_size)
     _start_partial(out_dir, params)
     rows = _run_blocks(out_dir, _blocks(plan, PRESETS[preset].block_size), seed, config,
                        jobs=jobs, progress=progress)  # fmt: skip
@@ -322,6 +378,9 @@ def make_corpus(
             "num_speakers": len({row["speaker"] for row in split_rows}),
             "labeled": split not in UNLABELED_SPLITS,
         }  # fmt: skip
+    if text_only:
+        _atomic_write(out_dir / TEXT_ONLY_FILE, "".join(f"{s.text}\n" for s in text_only))
+        info["text_only"] = {"file": TEXT_ONLY_FILE, "num_sentences": len(text_only)}
     _atomic_write(out_dir / CORPUS_FILE, json.dumps(info, indent=2) + "\n")
     shutil.rmtree(out_dir / _PARTIAL)
     return info, True
