@@ -19,7 +19,10 @@ from bigssl_jax.commands import common_flags
 from bigssl_jax.data import synthetic_corpus
 
 _PRESET = flags.DEFINE_enum(
-    "preset", "tiny", list(synthetic_corpus.PRESETS), "Corpus preset: tiny (CI), small, medium, closed (1,000 words; the data-efficiency claim)."
+    "preset",
+    "tiny",
+    list(synthetic_corpus.PRESETS),
+    "Corpus preset: tiny (CI), small, medium, closed (1,000 words, text-only sentences).",
 )
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where to write the corpus; default <data_dir>/embedded/<preset>."
