@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from bigssl_jax import checkpointing, paths
+    from bigssl_jax import inference, paths
     from bigssl_jax.data import registry as registry_lib
     from bigssl_jax.data import schema
     from bigssl_tasks import corpus_tasks
@@ -138,11 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         register()
         task = corpus_tasks.task_name(args.corpus, args.split, "unlabeled")
         # Resolved once: every worker fuses the step the manifest names.
-        lm_step_dir = (
-            str(checkpointing.resolve_init_checkpoint(args.lm_checkpoint))
-            if args.lm_checkpoint
-            else None
-        )
+        lm_step_dir = inference.resolve_lm_checkpoint(args.lm_checkpoint)
         teacher_spec = pseudo_label.TeacherSpec(
             args.checkpoint,
             beam_size=args.beam_size,

@@ -32,6 +32,7 @@ COMMANDS = {
     "params": ("bigssl_jax.commands.params", "Count a model config's parameters."),
     "train": ("bigssl_jax.commands.train", "Train a model from an experiment gin."),
     "train-lm": ("bigssl_jax.commands.train_lm", "Train the shallow-fusion language model."),
+    "train-ngram": ("bigssl_jax.commands.train_ngram", "Count a token n-gram LM for fusion."),
     "embed": ("bigssl_jax.commands.embed", "Write utterance embeddings; layer-wise probes."),
     "evaluate": ("bigssl_jax.commands.evaluate", "Score a trained model (WER, accuracy)."),
     "transcribe": ("bigssl_jax.commands.transcribe", "Print transcripts of audio files."),

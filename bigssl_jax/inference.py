@@ -12,8 +12,9 @@ the params of the chosen step (the latest unless a step directory is given): the
 its params when the run kept one (`OptimizerConfig.ema_decay`), unless `ema=False`.
 Variables are placed on one device.
 
-`with_fusion_lm` shallow-fuses the Transformer LM of a `bigssl train-lm` run into an ASR
-model's beam search (evaluate, transcribe and pseudo-label share it):
+`with_fusion_lm` shallow-fuses the Transformer LM of a `bigssl train-lm` run, or the token
+n-gram LM of a `bigssl train-ngram` run, into an ASR model's beam search (evaluate,
+transcribe and pseudo-label share it):
 
     model = inference.with_fusion_lm(loaded.model, "/runs/lm", lm_weight=0.3)
 """
@@ -31,6 +32,7 @@ from bigssl_jax import checkpointing
 
 CONFIG_FILE = "config.gin"
 VOCABULARY_FILE = "vocabulary.model"
+NGRAM_FILE = "ngram_lm.npz"  # what `bigssl train-ngram` writes into its run dir
 # The shapes `init_variables` sees; parameter shapes do not depend on them.
 _EXAMPLE_SAMPLES, _EXAMPLE_TOKENS = 16000, 8
 
@@ -146,8 +148,45 @@ def load_model(checkpoint: os.PathLike | str, *, ema: bool = True) -> LoadedMode
     return LoadedModel(model, variables, run_dir, int(step_dir.name), source)
 
 
+def resolve_lm_checkpoint(checkpoint: os.PathLike | str | None) -> str | None:
+    """What `--lm_checkpoint` names, pinned: an n-gram run dir as it is, a Transformer LM run
+    resolved to its step directory (so every consumer fuses the step that reports name).
+
+    Raises:
+      FileNotFoundError: neither an n-gram run nor a finalised LM checkpoint there.
+    """
+    if not checkpoint:
+        return None
+    if (epath.Path(checkpoint) / NGRAM_FILE).exists():
+        return str(checkpoint)
+    return str(checkpointing.resolve_init_checkpoint(checkpoint))
+
+
+def load_ngram_lm(run_dir: os.PathLike | str, model: Any):
+    """The n-gram LM of a `bigssl train-ngram` run, checked to share `model`'s vocabulary.
+
+    Raises:
+      ValueError: another vocabulary size, or another sentencepiece model than the one
+        `model` decodes into (when both runs carry theirs).
+    """
+    from bigssl_jax.decoding import ngram_lm
+
+    run_dir = epath.Path(run_dir)
+    lm = ngram_lm.NgramLanguageModel.load(run_dir / NGRAM_FILE)
+    if lm.vocab_size != model.vocab_size:
+        raise ValueError(
+            f"the n-gram LM {run_dir} has {lm.vocab_size} tokens, the ASR model "
+            f"{model.vocab_size}: they must share the vocabulary"
+        )
+    ours, theirs = getattr(model, "vocabulary", None), run_dir / VOCABULARY_FILE
+    if ours and theirs.exists() and epath.Path(ours).read_bytes() != theirs.read_bytes():
+        raise ValueError(f"the n-gram LM {run_dir} was counted in another vocabulary")
+    return lm
+
+
 def with_fusion_lm(model: Any, checkpoint: os.PathLike | str | None, lm_weight: float | None):
-    """`model` (CTC or RNN-T) shallow-fused with the LM of a `bigssl train-lm` run.
+    """`model` (CTC or RNN-T) shallow-fused with the LM of a `bigssl train-lm` run, or with
+    the n-gram LM of a `bigssl train-ngram` run (a directory holding `NGRAM_FILE`).
 
     The LM's cache holds `model.decoding.max_output_length + 1` positions (the longest
     hypothesis the search can build). Loading the LM parses its run's `config.gin` after
@@ -175,6 +214,8 @@ def with_fusion_lm(model: Any, checkpoint: os.PathLike | str | None, lm_weight: 
         return dataclasses.replace(model, decoding=decoding)
     if decoding.beam_size == 1:
         raise ValueError(f"fusing the LM {checkpoint} needs beam search: pass --beam_size > 1")
+    if (epath.Path(checkpoint) / NGRAM_FILE).exists():
+        return dataclasses.replace(model, decoding=decoding, lm=load_ngram_lm(checkpoint, model))
     import gin
 
     gin.clear_config()

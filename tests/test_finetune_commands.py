@@ -3,6 +3,7 @@ and shallow fusion of a `bigssl train-lm` run into them."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -140,6 +141,40 @@ def test_evaluate_fuses_a_language_model_of_the_same_vocabulary(ctc_run, data_di
     mismatched = _bigssl("evaluate", *flags, f"--lm_checkpoint={tmp_path / 'lm40'}")
     assert mismatched.returncode == 1
     assert "must share the vocabulary" in mismatched.stderr.strip().splitlines()[-1]
+
+
+def test_evaluate_fuses_a_counted_ngram_lm_of_the_same_vocabulary(ctc_run, data_dir, tmp_path):
+    """`bigssl train-ngram` counts text in the corpus vocabulary; evaluate fuses the run dir,
+    and a run counted in another vocabulary is refused in one line."""
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join([" ".join(toy_corpus.WORDS[:3])] * 3 + list(toy_corpus.WORDS)))
+    counted = _bigssl(
+        "train-ngram", f"--text_file={text}", f"--eval_text_file={text}", f"--corpus={CORPUS}",
+        "--vocab_size=64", "--order=3", f"--model_dir={tmp_path / 'ngram'}",
+        f"--data_dir={data_dir}",
+    )  # fmt: skip
+    assert counted.returncode == 0, counted.stderr[-3000:]
+    info = json.loads((tmp_path / "ngram" / "ngram.json").read_text())
+    assert info["order"] == 3 and info["sentences"] == 3 + len(toy_corpus.WORDS)
+    assert 1.0 < info["eval_perplexity"] < 64
+    again = _bigssl("train-ngram", f"--text_file={text}", f"--corpus={CORPUS}",
+                    f"--model_dir={tmp_path / 'ngram'}", f"--data_dir={data_dir}")  # fmt: skip
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    flags = [f"--checkpoint={ctc_run}", f"--data_dir={data_dir}", "--beam_size=2"]
+    done = _bigssl(
+        "evaluate", *flags, f"--lm_checkpoint={tmp_path / 'ngram'}", "--lm_weight=0.5",
+        f"--output_dir={tmp_path / 'fused'}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "fused" / "results.json").read_text())
+    assert results["lm"] == str(tmp_path / "ngram")
+    assert results["decoding"]["lm_weight"] == 0.5
+    other = tmp_path / "other.model"
+    vocab.train_vocabulary(["a b c d e f g h i j k l m n o p"] * 4, other, vocab_size=64)
+    shutil.copyfile(other, tmp_path / "ngram" / "vocabulary.model")
+    refused = _bigssl("evaluate", *flags, f"--lm_checkpoint={tmp_path / 'ngram'}")
+    assert refused.returncode == 1
+    assert "counted in another vocabulary" in refused.stderr.strip().splitlines()[-1]
 
 
 def test_a_run_with_an_ema_serves_it_unless_asked_for_its_params(ctc_run):

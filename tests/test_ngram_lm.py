@@ -76,7 +76,7 @@ def test_jitted_lookup_and_update_follow_a_sentence():
             want += math.log(prob(token, history))
             history = (history[1], token)
         assert total[i] == pytest.approx(want, rel=1e-5)
-        assert lm.score(sentence[:-1]) == pytest.approx(want, rel=1e-5)
+        assert lm.score([sentence[:-1]])[0] == pytest.approx(want, rel=1e-5)
 
 
 def test_order_two_equals_a_bigram_model_in_shape_and_sums():

@@ -77,7 +77,7 @@ def evaluate(
         if task in names
     }
     # The LM's step is resolved once, so the step fused is the step results.json names.
-    lm_step_dir = checkpointing.resolve_init_checkpoint(lm_checkpoint) if lm_checkpoint else None
+    lm_step_dir = inference.resolve_lm_checkpoint(lm_checkpoint)
     model = inference.with_fusion_lm(model, lm_step_dir, lm_weight)  # may clear gin
     default_dir = loaded.run_dir / "evaluate" / f"{loaded.step}{'' if ema else '-noema'}"
     output_dir = paths.as_path(output_dir or default_dir)

@@ -52,11 +52,11 @@ _NORMALIZATION = flags.DEFINE_enum(
 
 def _teacher(checkpoint: str):
     """(the teacher with the decoding flags and fusion LM applied, the LM's identity)."""
-    from bigssl_jax import checkpointing, pseudo_label
+    from bigssl_jax import inference, pseudo_label
 
     lm_checkpoint = common_flags.LM_CHECKPOINT.value
     # Resolved once: the step fused is the step the manifest names.
-    lm_step_dir = checkpointing.resolve_init_checkpoint(lm_checkpoint) if lm_checkpoint else None
+    lm_step_dir = inference.resolve_lm_checkpoint(lm_checkpoint)
     spec = pseudo_label.TeacherSpec(
         checkpoint,
         beam_size=common_flags.BEAM_SIZE.value,

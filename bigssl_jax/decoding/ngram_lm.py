@@ -162,16 +162,7 @@ class NgramLanguageModel:
 
     def next_log_probs(self, state: jax.Array) -> jax.Array:
         """f32[N, V]: the row of each history's longest seen suffix."""
-        row = jnp.zeros(state.shape[0], jnp.int32)  # the empty history: key 0, row 0
-        key = jnp.zeros(state.shape[0], jnp.int32)
-        offset, power = 0, 1
-        for k in range(1, self.order):
-            offset += power  # offset_k = offset_{k-1} + V^(k-1)
-            key = key + state[:, self.order - 1 - k] * power  # the k-th newest token
-            power *= self.vocab_size
-            found = jnp.minimum(jnp.searchsorted(self.keys, key + offset), self.keys.shape[0] - 1)
-            row = jnp.where(self.keys[found] == key + offset, found, row)
-        return self.log_probs[row]
+        return self.log_probs[_suffix_rows(jnp, self.keys, state, self.vocab_size)]
 
     def update(self, state: jax.Array, tokens: jax.Array) -> jax.Array:
         """Drops the oldest token of each history and appends `tokens` i32[N]."""
@@ -179,11 +170,30 @@ class NgramLanguageModel:
             return state
         return jnp.concatenate([state[:, 1:], tokens.astype(jnp.int32)[:, None]], axis=1)
 
-    def score(self, sequence: Sequence[int]) -> float:
-        """log P(sequence eos) (natural log), for perplexity reports and tests."""
-        state = self.init_state(1)
-        total = 0.0
-        for token in [*sequence, EOS_ID]:
-            total += float(self.next_log_probs(state)[0, token])
-            state = self.update(state, jnp.asarray([token]))
-        return total
+    def score(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """f64[S]: log P(sequence eos) (natural log) of each sequence, in numpy (reports, tests)."""
+        keys, log_probs = np.asarray(self.keys), np.asarray(self.log_probs)
+        scores = np.zeros(len(sequences))
+        for i, sequence in enumerate(sequences):
+            padded = np.asarray([START_ID] * (self.order - 1) + [*sequence, EOS_ID], np.int64)
+            windows = np.lib.stride_tricks.sliding_window_view(padded, self.order)
+            rows = _suffix_rows(np, keys, windows[:, :-1], self.vocab_size)
+            scores[i] = log_probs[rows, windows[:, -1]].sum()
+        return scores
+
+
+def _suffix_rows(xp, keys, histories, vocab_size: int):
+    """i32[N]: the row of the longest suffix of each history i[N, order-1] among `keys`.
+
+    `xp` is `jnp` (inside jit) or `np`; both search the same sorted int32 keys.
+    """
+    row = xp.zeros(histories.shape[0], xp.int32)  # the empty history: key 0, row 0
+    key = xp.zeros(histories.shape[0], xp.int32)
+    offset, power = 0, 1
+    for k in range(1, histories.shape[1] + 1):
+        offset += power  # offset_k = offset_{k-1} + V^(k-1)
+        key = key + histories[:, -k].astype(xp.int32) * power  # the k-th newest token
+        power *= vocab_size
+        found = xp.minimum(xp.searchsorted(keys, key + offset), keys.shape[0] - 1)
+        row = xp.where(keys[found] == key + offset, found, row)
+    return row
