@@ -10,9 +10,11 @@
 The text: the `text` field of every record of the corpus's `splits` (read from the prepared
 TFRecords named by the corpus registry), then, with `sentence_list`, the shipped sentences
 (`bigssl_jax.data.sentences`) that are not already among those transcripts. Every sentence
-whose normalised form is a transcript of an `exclude_splits` split (by default dev, test and
-test_clean) is removed from both sources: the synthetic corpus speaks sentences of the shipped
-list, so without this the LM would have read the evaluation sentences.
+whose normalised form is a transcript of an `exclude_splits` split (by default dev, test,
+test_clean and unlabeled; of an unlabeled split, its hidden `oracle_text`) is removed from
+both sources: the synthetic corpus speaks sentences of the shipped list, so without this the
+LM would have read the evaluation sentences, and pseudo-labels fused with it would have been
+helped by the very sentences they transcribe.
 
 Each sentence is normalised (`vocab.normalize_text`), tokenised with the corpus's
 sentencepiece model, and ends in eos (id 1), so the LM learns where sentences stop; sentences
@@ -33,11 +35,14 @@ import numpy as np
 
 from bigssl_jax import input_pipeline, paths
 from bigssl_jax.data import registry as registry_lib
+from bigssl_jax.data import schema
 from bigssl_jax.data import sentences as sentences_lib
 from bigssl_tasks import vocab
 
 STATE_VERSION = 1
 EVAL_SPLITS = ("dev", "test", "test_clean")
+# Never read by an LM by default: the evaluation splits, and the unlabeled audio's sentences.
+EXCLUDED_SPLITS = (*EVAL_SPLITS, "unlabeled")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,7 +66,7 @@ class TextInputConfig:
     corpus: str = ""
     splits: tuple[str, ...] = ("labeled",)
     sentence_list: bool = True
-    exclude_splits: tuple[str, ...] = EVAL_SPLITS
+    exclude_splits: tuple[str, ...] = EXCLUDED_SPLITS
     vocab_size: int = vocab.DEFAULT_VOCAB_SIZE
     batch_size: int = 32
     length_buckets: tuple[int, ...] = (16, 32, 64)
@@ -103,6 +108,20 @@ def _split_transcripts(registry, corpus: str, split: str) -> list[str]:
     return [vocab.normalize_text(t) for t in vocab.read_transcripts(info.files)]
 
 
+def _spoken_sentences(registry, corpus: str, split: str) -> list[str]:
+    """The normalised sentences a split speaks: its transcripts, or its hidden `oracle_text`
+    (none when an unlabeled split does not keep one)."""
+    info = registry.split(corpus, split)
+    if info.labeled:
+        return _split_transcripts(registry, corpus, split)
+    if schema.ORACLE_TEXT_FIELD not in info.extra_fields:
+        return []
+    from bigssl_tasks import classification_tasks
+
+    texts = classification_tasks.read_field(info.files, schema.ORACLE_TEXT_FIELD)
+    return [vocab.normalize_text(t) for t in texts]
+
+
 def load_text_corpus(config: TextInputConfig, data_dir: os.PathLike) -> TextCorpus:
     """Reads the transcripts, adds the sentence list, removes the excluded sentences.
 
@@ -116,7 +135,7 @@ def load_text_corpus(config: TextInputConfig, data_dir: os.PathLike) -> TextCorp
         text
         for split in config.exclude_splits
         if split in available
-        for text in _split_transcripts(registry, config.corpus, split)
+        for text in _spoken_sentences(registry, config.corpus, split)
     )
     transcripts = [
         text
