@@ -50,37 +50,9 @@ import time
 import numpy as np
 
 from bigssl_jax import paths, pipeline
-from bigssl_jax.data import prepare, sources
-from bigssl_jax.data import registry as registry_lib
 
 ARMS = ("supervised", "pretrained", "self_trained")
 TABLE_SPLITS = ("test", "dev", "test_clean")  # the first one is plotted
-
-
-@dataclasses.dataclass(frozen=True)
-class LabeledShare:
-    """One derived corpus: `fraction` of the labeled pool labeled.
-
-    Attributes:
-      fraction: labeled share of the pool, in (0, 1].
-      corpus: its registry name, `<corpus>_f<pct>`.
-      utterances: utterances of its labeled split.
-      hours: hours of its labeled split.
-    """
-
-    fraction: float
-    corpus: str
-    utterances: int
-    hours: float
-
-    @property
-    def tag(self) -> str:
-        return fraction_tag(self.fraction)
-
-
-def fraction_tag(fraction: float) -> str:
-    """`f<percent>`: 0.1 -> 'f10', 1.0 -> 'f100', 0.025 -> 'f2p5'."""
-    return "f" + f"{100 * fraction:.6g}".replace(".", "p")
 
 
 def work_dir(data_dir: os.PathLike, preset_name: str) -> pathlib.Path:
@@ -99,63 +71,21 @@ def shared_pretraining(runner: pipeline.Runner, pipeline_dir: pathlib.Path) -> p
     return runner.pretrain()
 
 
-def make_labeled_share(
-    data_dir: os.PathLike,
-    corpus: str,
-    fraction: float,
-    *,
-    root: os.PathLike,
-    seed: int,
-    vocab_size: int,
-    jobs: int = 1,
-) -> LabeledShare:
-    """Stage 2 for one fraction: prepares and registers `<corpus>_f<pct>` and its vocabulary.
-
-    Fraction 1 is `corpus` itself: nothing is prepared.
-
-    Args:
-      data_dir: the data directory holding the prepared embedded `corpus`.
-      corpus: registry name of the embedded corpus prepared from `root`.
-      fraction: labeled share of its labeled pool, in (0, 1].
-      root: the embedded corpus's folder (`paths.embedded_corpus_dir`).
-      seed: seed of the labeled subset.
-      vocab_size: pieces of the derived corpus's vocabulary.
-      jobs: worker processes writing shards.
-
-    Returns:
-      The derived corpus (or `corpus`) and the size of its labeled split.
-    """
-    registry = registry_lib.CorpusRegistry(paths.registry_path(data_dir))
-    if fraction == 1.0:
-        info = registry.split(corpus, "labeled")
-        return LabeledShare(fraction, corpus, info.num_examples, info.hours)
-    base = registry.splits(corpus)
-    name = f"{corpus}_{fraction_tag(fraction)}"
-    start = time.perf_counter()
-    description = f"{fraction:g} of {corpus}/labeled labeled (seed {seed})"
-    pool = sources.embedded_sources(root)
-    labeled, unlabeled = sources.split_labeled_pool(
-        pool["labeled"], pool["unlabeled"], fraction, seed
-    )
-    options = prepare.PrepareOptions(jobs=jobs)
-    for split, source in (("labeled", labeled), ("unlabeled", unlabeled)):
-        report = prepare.prepare_split(
-            source, data_dir=data_dir, corpus=name, split=split, options=options
-        )
-        pipeline.print_stage("corpora", report.summary(), start)
-    for split in pipeline.EVAL_SPLITS:
-        if split in base:
-            registry.register_split(name, split, base[split], source=description)
-    info = registry.split(name, "labeled")
-    pipeline.print_stage(
-        "corpora", f"{name}: {info.num_examples} labeled utterances ({info.hours:.3f} h)", start
-    )
-    pipeline.ensure_vocabulary(data_dir, name, vocab_size)
-    return LabeledShare(fraction, name, info.num_examples, info.hours)
+def pipeline_stages(preset: pipeline.PipelinePreset, fraction: float) -> dict[str, str] | None:
+    """The pipeline's stage that is each arm at `fraction` (and the pipeline's seed), if it
+    trains them: at f = 1 the classic stages, at the share of a data-efficiency preset
+    (`labeled_fraction` < 1) its arms on that share."""
+    if preset.labeled_fraction == 1.0 and fraction == 1.0:
+        return {"supervised": "baseline", "pretrained": "teacher", "self_trained": "student_1"}
+    if preset.labeled_fraction < 1.0 and fraction == preset.labeled_fraction:
+        return dict(zip(ARMS, arm_names(fraction), strict=True))
+    return None
 
 
-# The pipeline's stage that is each arm at f = 1 and the pipeline's seed.
-PIPELINE_STAGES = {"supervised": "baseline", "pretrained": "teacher", "self_trained": "student_1"}
+def arm_names(fraction: float) -> tuple[str, str, str]:
+    """The pipeline's stage names of the arms at `fraction`: supervised_10, ssl_10, nst_10."""
+    tag = f"{100 * fraction:g}"
+    return (f"supervised_{tag}", f"ssl_{tag}", f"nst_{tag}")
 
 
 def pipeline_seed() -> int:
@@ -167,46 +97,42 @@ def pipeline_seed() -> int:
 
 
 def pipeline_arms(
-    pipeline_runner: pipeline.Runner, share: LabeledShare, seed: int
+    pipeline_runner: pipeline.Runner, share: pipeline.LabeledShare, seed: int
 ) -> dict[str, dict[str, dict[str, float]]] | None:
-    """Stages 4-5 done by the pipeline: at f = 1 and the pipeline's seed, when it has trained
-    all three arms (`PIPELINE_STAGES`), their error rates per split (scored by its own
-    `evaluate_*` stages, which run if missing); else None."""
-    if share.fraction != 1.0 or seed != pipeline_seed():
+    """Stages 4-5 done by the pipeline: at the pipeline's seed and a fraction whose arms it
+    trains (`pipeline_stages`), when it has trained all three, their error rates per split
+    (scored by its own `evaluate_*` stages, which run if missing); else None."""
+    stages = pipeline_stages(pipeline_runner.preset, share.fraction)
+    if stages is None or seed != pipeline_seed():
         return None
-    runs = {arm: pipeline_runner.work_dir / stage for arm, stage in PIPELINE_STAGES.items()}
+    runs = {arm: pipeline_runner.work_dir / stage for arm, stage in stages.items()}
     if not all((run_dir / pipeline.DONE).exists() for run_dir in runs.values()):
         return None
     start = time.perf_counter()
     pipeline.print_stage(
         f"{share.tag}_s{seed}",
-        f"the pipeline's {', '.join(PIPELINE_STAGES.values())} in {pipeline_runner.work_dir}",
+        f"the pipeline's {', '.join(stages.values())} in {pipeline_runner.work_dir}",
         start,
     )
-    return {
-        arm: pipeline_runner.evaluate(PIPELINE_STAGES[arm], run_dir)
-        for arm, run_dir in runs.items()
-    }
+    return {arm: pipeline_runner.evaluate(stages[arm], run_dir) for arm, run_dir in runs.items()}
 
 
 def run_arms(
-    base: pipeline.Runner, share: LabeledShare, seed: int, pretrained: pathlib.Path
+    base: pipeline.Runner,
+    share: pipeline.LabeledShare,
+    seed: int,
+    pretrained: pathlib.Path,
+    ngram: pathlib.Path | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Stages 4-5 for one fraction and seed: {arm: {split: {'wer': ..., 'cer': ...}}}."""
+    """Stages 4-5 for one fraction and seed: {arm: {split: {'wer': ..., 'cer': ...}}}, the
+    arms trained as the pipeline's (`pipeline.share_arms`, pseudo-labels fused with `ngram`)."""
     runner = dataclasses.replace(
         base,
         corpus=share.corpus,
         work_dir=base.work_dir / f"{share.tag}_s{seed}",
-        bindings=(f"CORPUS = '{share.corpus}'", f"TrainerConfig.seed = {seed}"),
+        bindings=(f"TrainerConfig.seed = {seed}",),
     )
-    models = {
-        "supervised": runner.finetune("supervised", None),
-        "pretrained": runner.finetune("pretrained", pretrained),
-    }
-    labels = runner.pseudo_label(
-        "pseudo_label", models["pretrained"], f"{share.corpus}_s{seed}_pseudo"
-    )
-    models["self_trained"] = runner.student("self_trained", pretrained, labels)
+    models = pipeline.share_arms(runner, ARMS, pretrained, ngram)
     return {arm: runner.evaluate(arm, run_dir) for arm, run_dir in models.items()}
 
 
@@ -361,22 +287,32 @@ def run(
     preset = pipeline.PRESETS[preset_name]
     corpus = pipeline.prepare_inputs(preset, data_dir=data_dir, seed=data_seed, jobs=jobs)
     root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
+    text_file = pipeline.text_only_file(root)
+    shared = pipeline.ensure_vocabulary(data_dir, corpus, preset.vocab_size) if text_file else None
     shares = [
-        make_labeled_share(
-            data_dir, corpus, f, root=root, seed=data_seed, vocab_size=preset.vocab_size, jobs=jobs
-        )
+        pipeline.make_labeled_share(
+            data_dir,
+            corpus,
+            f,
+            root=root,
+            seed=data_seed,
+            vocab_size=preset.vocab_size,
+            jobs=jobs,
+            vocabulary=shared,
+        )  # fmt: skip
         for f in fractions
     ]
     out_dir = work_dir(data_dir, preset_name)
     base = pipeline.Runner(preset, corpus, pathlib.Path(data_dir), out_dir)
     pipeline_runner = dataclasses.replace(base, work_dir=pipeline.work_dir(data_dir, preset_name))
     pretrained = shared_pretraining(base, pipeline_runner.work_dir)
+    ngram = base.count_ngram(text_file) if preset.ngram_order and text_file else None
     rows = []
     for share in shares:
         for seed in seeds:
             arms = pipeline_arms(pipeline_runner, share, seed)
             if arms is None:
-                arms = run_arms(base, share, seed, pretrained)
+                arms = run_arms(base, share, seed, pretrained, ngram)
             for arm, scores in arms.items():
                 rates = {
                     rate: {split: r[rate] for split, r in scores.items() if rate in r}

@@ -33,6 +33,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ DONE = "DONE"
 XLA_CACHE = "xla_cache"  # <data_dir>/xla_cache: the stages' shared compilation cache
 PRETRAIN = "pretrain"  # the pre-training stage's name (the data-efficiency experiment reuses it)
 EVAL_SPLITS = ("dev", "test", "test_clean")
+RECORD_FILE = "run.json"  # command, preset, corpus, wall seconds and every model's scores
 # The error rates reported per split. At laptop scale WER sits near 100% while CER still
 # moves, so the tables show both.
 ERROR_RATES = ("wer", "cer")
@@ -64,7 +66,14 @@ class PipelinePreset:
       pretrain_bindings, finetune_bindings, student_bindings: extra gin bindings.
       generations: noisy student generations.
       mix_ratios: in-batch shares of labeled and pseudo-labeled rows for the students.
-      pseudo_label_flags: extra `bigssl pseudo-label` flags (beam size, filtering).
+      pseudo_label_flags: extra `bigssl pseudo-label` flags (filtering, batch size).
+      labeled_fraction: below 1, the data-efficiency design (`claim_stages`): every arm
+        trains on that share of the labeled pool (`<corpus>_f<pct>`, the rest unlabeled), and
+        a supervised run on the whole pool is the topline; 1: the classic stages.
+      ngram_order: n of the token n-gram LM counted on the corpus's text-only sentences (its
+        labeled transcripts without them); None: no LM.
+      lm_weights: fusion weights tried on dev for each model; the best labels and scores.
+      beam_size: beam of every LM-fused decoding.
     """
 
     corpus_preset: str
@@ -78,24 +87,58 @@ class PipelinePreset:
     generations: int = 1
     mix_ratios: tuple[float, float] = (1.0, 9.0)
     pseudo_label_flags: tuple[str, ...] = ()
+    labeled_fraction: float = 1.0
+    ngram_order: int | None = None
+    lm_weights: tuple[float, ...] = ()
+    beam_size: int = 4
 
 
 PRESETS = {
+    # The data-efficiency design on the tiny corpus with a few steps per stage (the
+    # end-to-end test): half of the 12 labeled utterances, a trigram LM, one fusion weight.
     "smoke": PipelinePreset(
         corpus_preset="tiny",
         vocab_size=64,
         batch_size=4,
-        pretrain_gin="experiments/pretrain_best_rq_smoke.gin",
+        pretrain_gin="experiments/pretrain_w2v_bert_smoke.gin",
         finetune_gin="experiments/finetune_ctc_smoke.gin",
         pretrain_bindings=("TrainerConfig.num_steps = 2",),
         finetune_bindings=("TrainerConfig.num_steps = 2",),
         mix_ratios=(1.0, 3.0),
         pseudo_label_flags=("--batch_size=8",),
+        labeled_fraction=0.5,
+        ngram_order=3,
+        lm_weights=(0.5,),
+        beam_size=2,
     ),
-    # The *_small experiment gins with shorter runs (BEST-RQ 800 steps, CTC fine-tunings of
-    # 1200 steps, dev WER at their end only), sized for the 45-min target on 2 CPU cores: alone
-    # from an empty data dir it took 42-47 min, as the machine varied (docs/self_training.md).
+    # The claim at laptop scale (docs/self_training.md): the `closed` corpus (1,000 words),
+    # 10% of its 2,000-utterance labeled pool; w2v-BERT pre-training on the unlabeled audio;
+    # supervised_10, ssl_10 (the teacher), nst_10 (one noisy student on pseudo-labels fused
+    # with a 5-gram LM of the text-only sentences) and supervised_100; every fine-tuning the
+    # same steps, schedule and best-dev checkpoint; greedy and LM-fused scores.
     "demo": PipelinePreset(
+        corpus_preset="closed",
+        vocab_size=64,
+        pretrain_gin="experiments/pretrain_w2v_bert_small.gin",
+        pretrain_bindings=(
+            "TrainerConfig.num_steps = 700",
+            "TrainerConfig.eval_every = 700",
+            "TrainerConfig.checkpoint_every = 350",
+        ),
+        finetune_bindings=(
+            "TrainerConfig.num_steps = 1000",
+            "TrainerConfig.eval_every = 250",
+            "TrainerConfig.checkpoint_every = 250",
+        ),
+        mix_ratios=(1.0, 3.0),
+        pseudo_label_flags=("--keep_top_fraction=0.8",),
+        labeled_fraction=0.1,
+        ngram_order=5,
+        lm_weights=(0.3, 0.6, 1.0),
+    ),
+    # The classic stages on the open-vocabulary `small` corpus with shorter runs (BEST-RQ 800
+    # steps, CTC fine-tunings of 1200 steps): the demo until 2026-12 (docs/self_training.md).
+    "small_demo": PipelinePreset(
         corpus_preset="small",
         vocab_size=64,
         pretrain_bindings=("TrainerConfig.num_steps = 800",),
@@ -116,6 +159,92 @@ PRESETS = {
         pseudo_label_flags=("--keep_top_fraction=0.9",),
     ),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledShare:
+    """One derived corpus: `fraction` of the labeled pool labeled.
+
+    Attributes:
+      fraction: labeled share of the pool, in (0, 1].
+      corpus: its registry name, `<corpus>_f<pct>`.
+      utterances: utterances of its labeled split.
+      hours: hours of its labeled split.
+    """
+
+    fraction: float
+    corpus: str
+    utterances: int
+    hours: float
+
+    @property
+    def tag(self) -> str:
+        return fraction_tag(self.fraction)
+
+
+def fraction_tag(fraction: float) -> str:
+    """`f<percent>`: 0.1 -> 'f10', 1.0 -> 'f100', 0.025 -> 'f2p5'."""
+    return "f" + f"{100 * fraction:.6g}".replace(".", "p")
+
+
+def make_labeled_share(
+    data_dir: os.PathLike,
+    corpus: str,
+    fraction: float,
+    *,
+    root: os.PathLike,
+    seed: int,
+    vocab_size: int,
+    jobs: int = 1,
+    vocabulary: pathlib.Path | None = None,
+) -> LabeledShare:
+    """Prepares and registers `<corpus>_f<pct>` (`fraction` of the labeled pool labeled, the
+    rest joined to the unlabeled split, dev / test / test_clean registered again) and its
+    vocabulary: a copy of `vocabulary` (one unit inventory for every fraction), else one
+    trained on its own labeled split.
+
+    Fraction 1 is `corpus` itself: nothing is prepared.
+
+    Args:
+      data_dir: the data directory holding the prepared embedded `corpus`.
+      corpus: registry name of the embedded corpus prepared from `root`.
+      fraction: labeled share of its labeled pool, in (0, 1].
+      root: the embedded corpus's folder (`paths.embedded_corpus_dir`).
+      seed: seed of the labeled subset.
+      vocab_size: pieces of the derived corpus's vocabulary.
+      jobs: worker processes writing shards.
+      vocabulary: the sentencepiece model every fraction shares, or None.
+
+    Returns:
+      The derived corpus (or `corpus`) and the size of its labeled split.
+    """
+    registry = registry_lib.CorpusRegistry(paths.registry_path(data_dir))
+    if fraction == 1.0:
+        info = registry.split(corpus, "labeled")
+        return LabeledShare(fraction, corpus, info.num_examples, info.hours)
+    base = registry.splits(corpus)
+    name = f"{corpus}_{fraction_tag(fraction)}"
+    start = time.perf_counter()
+    description = f"{fraction:g} of {corpus}/labeled labeled (seed {seed})"
+    pool = sources.embedded_sources(root)
+    labeled, unlabeled = sources.split_labeled_pool(
+        pool["labeled"], pool["unlabeled"], fraction, seed
+    )
+    options = prepare.PrepareOptions(jobs=jobs)
+    for split, source in (("labeled", labeled), ("unlabeled", unlabeled)):
+        report = prepare.prepare_split(
+            source, data_dir=data_dir, corpus=name, split=split, options=options
+        )
+        print_stage("corpora", report.summary(), start)
+    for split in EVAL_SPLITS:
+        if split in base:
+            registry.register_split(name, split, base[split], source=description)
+    info = registry.split(name, "labeled")
+    print_stage(
+        "corpora", f"{name}: {info.num_examples} labeled utterances ({info.hours:.3f} h)", start
+    )
+    ensure_vocabulary(data_dir, name, vocab_size, shared=vocabulary)
+    return LabeledShare(fraction, name, info.num_examples, info.hours)
 
 
 def print_stage(name: str, message: str, start: float) -> None:
@@ -175,12 +304,14 @@ class Runner:
         return stage_dir
 
     def train(self, name: str, gin_file: str, bindings) -> pathlib.Path:
-        """`bigssl train` of `gin_file` with `bindings` (then `self.bindings`) as stage `name`."""
+        """`bigssl train` of `gin_file` on `self.corpus` with `bindings` (then `self.bindings`)
+        as stage `name`."""
         flags = [f"--gin_bindings={b}" for b in (*bindings, *self.bindings)]
         return self.run(
             name,
             "train",
             f"--gin_file={gin_file}",
+            f"--gin_bindings=CORPUS = '{self.corpus}'",
             f"--gin_bindings=VOCAB_SIZE = {self.preset.vocab_size}",
             *flags,
             f"--model_dir={self.work_dir / name}",
@@ -200,8 +331,11 @@ class Runner:
             [*self.preset.finetune_bindings, *init_binding, *bindings],
         )
 
-    def pseudo_label(self, name: str, teacher: pathlib.Path, task: str) -> pathlib.Path:
-        """Stage `name`: `teacher` transcribes the unlabeled split as pseudo-labeled `task`."""
+    def pseudo_label(
+        self, name: str, teacher: pathlib.Path, task: str, lm: tuple | None = None
+    ) -> pathlib.Path:
+        """Stage `name`: `teacher` transcribes the unlabeled split as pseudo-labeled `task`,
+        with beam search fused with `lm` = (n-gram run, weight) when given."""
         labels = self.work_dir / name
         return self.run(
             name,
@@ -213,7 +347,44 @@ class Runner:
             f"--output_dir={labels}",
             f"--name={task}",
             *self.preset.pseudo_label_flags,
+            *self.fusion_flags(lm),
         )
+
+    def fusion_flags(self, lm: tuple | None) -> list[str]:
+        """The decoding flags of beam search fused with `lm` = (LM run, weight), or none."""
+        if lm is None:
+            return []
+        run_dir, weight = lm
+        return [
+            f"--beam_size={self.preset.beam_size}",
+            f"--lm_checkpoint={run_dir}",
+            f"--lm_weight={weight}",
+        ]
+
+    def count_ngram(self, text_file: os.PathLike) -> pathlib.Path:
+        """Stage `ngram`: the preset's token n-gram LM counted on `text_file`."""
+        return self.run(
+            "ngram",
+            "train-ngram",
+            f"--text_file={text_file}",
+            f"--corpus={self.corpus}",
+            f"--vocab_size={self.preset.vocab_size}",
+            f"--order={self.preset.ngram_order}",
+            f"--model_dir={self.work_dir / 'ngram'}",
+            f"--data_dir={self.data_dir}",
+        )
+
+    def choose_lm_weight(self, model: str, run_dir: pathlib.Path, ngram: pathlib.Path) -> float:
+        """The preset's fusion weight with the lowest dev WER (then CER) for `run_dir`, each
+        weight scored by stage `evaluate_<model>_lm<weight>` on dev only (a single weight
+        is taken as it is)."""
+        if len(self.preset.lm_weights) == 1:
+            return self.preset.lm_weights[0]
+        dev = {
+            weight: self.evaluate(f"{model}_lm{weight:g}", run_dir, ("dev",), (ngram, weight))
+            for weight in self.preset.lm_weights
+        }
+        return min(dev, key=lambda w: (dev[w]["dev"]["wer"], dev[w]["dev"]["cer"]))
 
     def student(self, name: str, init: pathlib.Path, labels: pathlib.Path) -> pathlib.Path:
         """A noisy student: fine-tuning from `init` on labeled + `labels` batches mixed."""
@@ -227,16 +398,20 @@ class Runner:
             ],
         )
 
-    def evaluate(self, model: str, run_dir: pathlib.Path) -> dict[str, dict[str, float]]:
-        """Stage `evaluate_<model>`: {split: {'wer': ..., 'cer': ...}} of `run_dir`."""
+    def evaluate(
+        self, model: str, run_dir: pathlib.Path, splits=EVAL_SPLITS, lm: tuple | None = None
+    ) -> dict[str, dict[str, float]]:
+        """Stage `evaluate_<model>`: {split: {'wer': ..., 'cer': ...}} of `run_dir`, decoded
+        greedily or with beam search fused with `lm` = (LM run, weight)."""
         name = f"evaluate_{model}"
         stage_dir = self.run(
             name,
             "evaluate",
             f"--checkpoint={run_dir}",
             f"--data_dir={self.data_dir}",
-            f"--splits={','.join(EVAL_SPLITS)}",
+            f"--splits={','.join(splits)}",
             f"--output_dir={self.work_dir / name}",
+            *self.fusion_flags(lm),
         )
         scored = json.loads((stage_dir / "results.json").read_text())["results"]
         return {
@@ -260,9 +435,71 @@ def _semi_supervised_stages(runner: Runner) -> dict[str, pathlib.Path]:
     return models
 
 
-def _evaluate(runner: Runner, models: dict[str, pathlib.Path]) -> dict[str, dict]:
-    """Stage 9: every model's WER per split, the table and the plot."""
-    results = {name: runner.evaluate(name, run_dir) for name, run_dir in models.items()}
+def claim_stages(
+    runner: Runner, share: LabeledShare, text_file: pathlib.Path | None
+) -> tuple[dict[str, pathlib.Path], pathlib.Path | None]:
+    """The data-efficiency design's stages (`PipelinePreset.labeled_fraction` < 1).
+
+    With p = the share's percentage: the n-gram LM of the text-only sentences, the share's
+    arms `supervised_<p>`, `ssl_<p>` and `nst_<p>` (`share_arms`), and `supervised_100`
+    (from scratch on the whole pool: the topline).
+
+    Returns:
+      (model name -> run dir, in table order; the n-gram LM run or None).
+    """
+    preset, tag = runner.preset, f"{100 * share.fraction:g}"
+    pretrained = runner.pretrain()
+    ngram = None
+    if preset.ngram_order:
+        if text_file is None:
+            raise StageError("the n-gram LM needs a corpus with text-only sentences")
+        ngram = runner.count_ngram(text_file)
+    arms = dataclasses.replace(runner, corpus=share.corpus)
+    names = (f"supervised_{tag}", f"ssl_{tag}", f"nst_{tag}")
+    models = share_arms(arms, names, pretrained, ngram)
+    models["supervised_100"] = runner.finetune("supervised_100", None)
+    return models, ngram
+
+
+def share_arms(
+    runner: Runner,
+    names: tuple[str, str, str],
+    pretrained: pathlib.Path,
+    ngram: pathlib.Path | None,
+) -> dict[str, pathlib.Path]:
+    """The three arms on `runner.corpus` (a labeled share), as stages named `names`:
+    supervised (from scratch), ssl (the pre-trained encoder fine-tuned: the teacher) and the
+    noisy students (per generation g, `runner.corpus`'s unlabeled split pseudo-labeled by the
+    latest model with beam search fused with `ngram` at the weight best on dev, then a student
+    from the pre-trained encoder on labeled + pseudo-labeled batches; `<nst>_g<g>` with
+    several generations)."""
+    supervised, ssl, nst = names
+    generations = runner.preset.generations
+    task = f"{runner.corpus}_{runner.work_dir.name}_pseudo"  # one per work dir (seed)
+    models = {supervised: runner.finetune(supervised, None)}
+    teacher_name, teacher = ssl, runner.finetune(ssl, pretrained)
+    models[ssl] = teacher
+    for generation in range(1, generations + 1):
+        lm = (ngram, runner.choose_lm_weight(teacher_name, teacher, ngram)) if ngram else None
+        labels = runner.pseudo_label(
+            f"pseudo_label_{generation}", teacher, f"{task}_{generation}", lm
+        )
+        teacher_name = nst + (f"_g{generation}" if generations > 1 else "")
+        teacher = models[teacher_name] = runner.student(teacher_name, pretrained, labels)
+    return models
+
+
+def _evaluate(
+    runner: Runner, models: dict[str, pathlib.Path], ngram: pathlib.Path | None = None
+) -> dict[str, dict]:
+    """Stage 9: every model's WER / CER per split, greedy and (with `ngram`) as row
+    `<model>+lm`, fused at its own weight chosen on dev; the table and the plot."""
+    results = {}
+    for name, run_dir in models.items():
+        results[name] = runner.evaluate(name, run_dir)
+        if ngram is not None:
+            lm = (ngram, runner.choose_lm_weight(name, run_dir, ngram))
+            results[f"{name}+lm"] = runner.evaluate(f"{name}_fused", run_dir, EVAL_SPLITS, lm)
     write_results(results, runner.work_dir)
     return results
 
@@ -311,8 +548,17 @@ def write_results(results: dict[str, dict], work_dir: pathlib.Path) -> None:
     plt.close(figure)
 
 
-def ensure_vocabulary(data_dir: os.PathLike, corpus: str, vocab_size: int) -> pathlib.Path:
-    """The sentencepiece model of `corpus`, trained on its labeled split unless it exists."""
+def ensure_vocabulary(
+    data_dir: os.PathLike,
+    corpus: str,
+    vocab_size: int,
+    *,
+    shared: os.PathLike | None = None,
+    text_file: os.PathLike | None = None,
+) -> pathlib.Path:
+    """The sentencepiece model of `corpus`, unless it exists: a copy of `shared`, else
+    trained on `text_file`'s sentences (one a line), else on the corpus's labeled
+    transcripts."""
     from bigssl_tasks import vocab
 
     start = time.perf_counter()
@@ -320,11 +566,29 @@ def ensure_vocabulary(data_dir: os.PathLike, corpus: str, vocab_size: int) -> pa
     if model.exists():
         print_stage("vocab", f"found {model}", start)
         return model
-    registry = registry_lib.CorpusRegistry(paths.registry_path(data_dir))
-    texts = vocab.read_transcripts(registry.split(corpus, "labeled").files)
+    model.parent.mkdir(parents=True, exist_ok=True)
+    if shared is not None:
+        tmp = model.with_name(model.name + ".tmp")
+        shutil.copyfile(shared, tmp)
+        os.replace(tmp, model)
+        print_stage("vocab", f"{model}: the shared vocabulary {shared}", start)
+        return model
+    if text_file is not None:
+        texts = pathlib.Path(text_file).read_text(encoding="utf-8").splitlines()
+        what = f"text-only sentences of {text_file}"
+    else:
+        registry = registry_lib.CorpusRegistry(paths.registry_path(data_dir))
+        texts = vocab.read_transcripts(registry.split(corpus, "labeled").files)
+        what = "labeled transcripts"
     size = vocab.train_vocabulary(texts, model, vocab_size=vocab_size)
-    print_stage("vocab", f"wrote {model}: {size} pieces from {len(texts)} transcripts", start)
+    print_stage("vocab", f"wrote {model}: {size} pieces from {len(texts)} {what}", start)
     return model
+
+
+def text_only_file(root: os.PathLike) -> pathlib.Path | None:
+    """The embedded corpus's sentences spoken in no split (tokenizer and LM text), if any."""
+    path = pathlib.Path(root) / synthetic_corpus.TEXT_ONLY_FILE
+    return path if path.exists() else None
 
 
 def prepare_inputs(preset: PipelinePreset, *, data_dir: os.PathLike, seed: int, jobs: int) -> str:
@@ -353,7 +617,7 @@ def prepare_inputs(preset: PipelinePreset, *, data_dir: os.PathLike, seed: int, 
     for report in reports:
         print_stage("prepare", report.summary(), start)
 
-    ensure_vocabulary(data_dir, corpus, preset.vocab_size)
+    ensure_vocabulary(data_dir, corpus, preset.vocab_size, text_file=text_only_file(root))
     for kind in ("labeled", "unlabeled"):
         task = f"{corpus}_{kind}_{kind}"
         status = show_batches.show_batches(
@@ -381,9 +645,29 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
       StageError: a stage failed (its log is named).
     """
     preset = PRESETS[preset_name]
+    start = time.perf_counter()
     corpus = prepare_inputs(preset, data_dir=data_dir, seed=seed, jobs=jobs)
     runner = Runner(preset, corpus, pathlib.Path(data_dir), work_dir(data_dir, preset_name))
-    results = _evaluate(runner, _semi_supervised_stages(runner))
+    ngram = None
+    if preset.labeled_fraction < 1.0:
+        root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
+        vocabulary = ensure_vocabulary(data_dir, corpus, preset.vocab_size)
+        share = make_labeled_share(
+            data_dir, corpus, preset.labeled_fraction, root=root, seed=seed,
+            vocab_size=preset.vocab_size, jobs=jobs, vocabulary=vocabulary,
+        )  # fmt: skip
+        models, ngram = claim_stages(runner, share, text_only_file(root))
+    else:
+        models = _semi_supervised_stages(runner)
+    results = _evaluate(runner, models, ngram)
+    record = {
+        "command": f"bigssl pipeline --preset={preset_name}",
+        "preset": preset_name,
+        "corpus": corpus,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "arms": results,
+    }
+    (runner.work_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nWER / CER (%) on {corpus} ({runner.work_dir / 'results.png'}):\n")
     print(results_table(results), flush=True)
     return 0

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bigssl_jax import data_efficiency, paths
+from bigssl_jax import data_efficiency, paths, pipeline
 from bigssl_jax.data import prepare, schema, sources, synthetic_corpus
 from bigssl_jax.data import registry as registry_lib
 
@@ -64,7 +64,7 @@ def test_split_labeled_pool_sizes_disjoint_hidden_and_seeded():
 
 
 def test_fraction_tags():
-    assert [data_efficiency.fraction_tag(f) for f in (0.05, 0.1, 1.0, 0.025)] == [
+    assert [pipeline.fraction_tag(f) for f in (0.05, 0.1, 1.0, 0.025)] == [
         "f5",
         "f10",
         "f100",
@@ -109,7 +109,7 @@ def test_labeled_shares_of_the_tiny_corpus(tmp_path):
     pool = base["labeled"].num_examples
 
     def share(fraction):
-        return data_efficiency.make_labeled_share(
+        return pipeline.make_labeled_share(
             tmp_path, "embedded_tiny", fraction, root=root, seed=0, vocab_size=32
         )
 
@@ -164,7 +164,7 @@ def test_full_fraction_at_the_pipelines_seed_is_the_pipelines_runs(tmp_path, mon
     from bigssl_jax import pipeline
 
     pipeline_runner = pipeline.Runner(
-        pipeline.PRESETS["smoke"], "c", tmp_path, pipeline.work_dir(tmp_path, "smoke")
+        pipeline.PRESETS["small"], "c", tmp_path, pipeline.work_dir(tmp_path, "small")
     )
     ran = []
 
@@ -176,8 +176,8 @@ def test_full_fraction_at_the_pipelines_seed_is_the_pipelines_runs(tmp_path, mon
         return stage_dir
 
     monkeypatch.setattr(pipeline.Runner, "run", fake_run)
-    full = data_efficiency.LabeledShare(1.0, "c", 10, 0.01)
-    half = data_efficiency.LabeledShare(0.5, "c_f50", 5, 0.005)
+    full = pipeline.LabeledShare(1.0, "c", 10, 0.01)
+    half = pipeline.LabeledShare(0.5, "c_f50", 5, 0.005)
     seed = data_efficiency.pipeline_seed()
     assert seed == 0
     assert data_efficiency.pipeline_arms(pipeline_runner, full, seed) is None  # not trained yet
@@ -196,7 +196,12 @@ def test_full_fraction_at_the_pipelines_seed_is_the_pipelines_runs(tmp_path, mon
         "self_trained": {"test": {"wer": len("evaluate_student_1") / 100, "cer": 0.1}},
     }
     stages = ["evaluate_baseline", "evaluate_teacher", "evaluate_student_1"]
-    assert ran == [("smoke", stage) for stage in stages]  # scored in the pipeline's own dir
+    assert ran == [("small", stage) for stage in stages]  # scored in the pipeline's own dir
+    claim = pipeline.PRESETS["smoke"]  # a data-efficiency preset: its arms are on its share
+    assert data_efficiency.pipeline_stages(claim, 1.0) is None
+    assert data_efficiency.pipeline_stages(claim, 0.5) == {
+        "supervised": "supervised_50", "pretrained": "ssl_50", "self_trained": "nst_50",
+    }  # fmt: skip
 
 
 def test_bad_experiment_and_fractions_are_one_line_errors(tmp_path):
@@ -228,7 +233,7 @@ def test_smoke_data_efficiency_runs_every_arm_then_skips_them(tmp_path):
 
     work = tmp_path / "experiments" / "data_efficiency" / "smoke"
     assert (work / "pretrain" / "DONE").exists()
-    stages = ("supervised", "pretrained", "pseudo_label", "self_trained")
+    stages = ("supervised", "pretrained", "pseudo_label_1", "self_trained")
     for stage in (*stages, *(f"evaluate_{arm}" for arm in data_efficiency.ARMS)):
         assert (work / "f50_s0" / stage / "DONE").exists(), stage
     results = json.loads((work / "results.json").read_text())
@@ -244,5 +249,6 @@ def test_smoke_data_efficiency_runs_every_arm_then_skips_them(tmp_path):
     second = _run_experiment(tmp_path, *args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "[corpus] found" in second.stdout and "[pretrain] found" in second.stdout
-    # The corpus, two vocabularies, the pre-training, and f50_s0's four runs and three scores.
-    assert "done:" not in second.stdout and second.stdout.count("] found") == 1 + 2 + 1 + 7
+    # The corpus, two vocabularies, the pre-training, the n-gram LM, and f50_s0's four runs
+    # and three scores.
+    assert "done:" not in second.stdout and second.stdout.count("] found") == 1 + 2 + 1 + 1 + 7

@@ -36,24 +36,35 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert sorted(splits) == ["dev", "labeled", "test", "test_clean", "unlabeled"]
     assert splits["labeled"]["labeled"] and not splits["unlabeled"]["labeled"]
     assert (tmp_path / "vocab" / "embedded_tiny_64.model").is_file()
+    assert "text-only sentences" in first.stdout  # the tokenizer never read a transcript
     work = tmp_path / "pipeline" / "smoke"
-    for stage in ("pretrain", "baseline", "teacher", "pseudo_label_1", "student_1"):
+    arms = ("supervised_50", "ssl_50", "nst_50", "supervised_100")
+    for stage in ("pretrain", "ngram", "pseudo_label_1", *arms):
         assert f"[{stage}] done" in first.stdout
         assert (work / stage / "DONE").exists()
+    assert (tmp_path / "vocab" / "embedded_tiny_f50_64.model").read_bytes() == (
+        tmp_path / "vocab" / "embedded_tiny_64.model"
+    ).read_bytes()  # one unit inventory for every arm
     manifest = json.loads((work / "pseudo_label_1" / "manifest.json").read_text())
     assert manifest["num_examples"] > 0
+    job = json.loads((work / "pseudo_label_1" / "job.json").read_text())
+    assert job["lm"] == str(work / "ngram")  # the pseudo-labels are LM-fused
     results = json.loads((work / "results.json").read_text())
-    assert list(results) == ["baseline", "teacher", "student_1"]
+    assert list(results) == [name for arm in arms for name in (arm, f"{arm}+lm")]
     assert all(set(scores) == {"dev", "test", "test_clean"} for scores in results.values())
     assert all(set(rates) == {"wer", "cer"} for r in results.values() for rates in r.values())
-    assert "| student_1 |" in first.stdout and (work / "results.png").stat().st_size > 0
+    record = json.loads((work / pipeline.RECORD_FILE).read_text())
+    assert record["arms"] == results and record["wall_seconds"] > 0
+    assert record["command"] == "bigssl pipeline --preset=smoke"
+    assert "| nst_50+lm |" in first.stdout and (work / "results.png").stat().st_size > 0
     assert any((tmp_path / pipeline.XLA_CACHE).iterdir())  # the stages' compilation cache
 
     second = _run_pipeline(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "[corpus] found" in second.stdout
     assert "[vocab] found" in second.stdout
-    assert "[student_1] found" in second.stdout and "| teacher |" in second.stdout
+    assert "[nst_50] found" in second.stdout and "| ssl_50 |" in second.stdout
+    assert "done:" not in second.stdout
 
 
 def _train_configs(args):

@@ -109,7 +109,7 @@ class Preset:
 
 PRESETS = {
     "tiny": Preset(labeled=12, unlabeled=20, dev=8, test=8, train_speakers=8, dev_speakers=4,
-                   test_speakers=4, block_size=16),
+                   test_speakers=4, block_size=16, text_only=200),
     "small": Preset(labeled=500, unlabeled=1550, dev=150, test=150, train_speakers=96,
                     dev_speakers=16, test_speakers=16),
     "medium": Preset(labeled=1200, unlabeled=3800, dev=300, test=300, train_speakers=192,
