@@ -489,6 +489,49 @@ def share_arms(
     return models
 
 
+def claim_summary(
+    runner: Runner, results: dict[str, dict], names: list[str], root: os.PathLike
+) -> dict:
+    """What the data-efficiency design is judged by, greedy and LM-fused (`+lm` rows).
+
+    `names` are the models in training order: supervised_<p>, ssl_<p>, the students, then
+    supervised_100. Per decoding: the relative test-WER reduction of the last student over
+    supervised_<p> with its paired speaker-block bootstrap 95% interval
+    (`evaluation.bootstrap`), the share of the supervised_<p> -> supervised_100 test-WER gap
+    it closes, and whether each generation beats its teacher on dev and on test.
+    """
+    from bigssl_jax.evaluation import bootstrap
+
+    manifest = pathlib.Path(root) / "test" / sources.MANIFEST_NAME
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    speakers = {row["id"]: row["speaker"] for row in rows}
+    supervised, *chain, topline = names
+    summary = {}
+    for decoding, suffix, stage in (("greedy", "", ""), ("lm", "+lm", "_fused")):
+        if f"{supervised}{suffix}" not in results:
+            continue
+        tsv = [
+            runner.work_dir / f"evaluate_{name}{stage}" / "test" / "transcripts.tsv"
+            for name in (supervised, chain[-1])
+        ]
+        interval = bootstrap.relative_reduction_ci(bootstrap.paired_errors(*tsv), speakers)
+        test_wer = {name: results[f"{name}{suffix}"]["test"]["wer"] for name in names}
+        gap = test_wer[supervised] - test_wer[topline]
+        summary[decoding] = {
+            "test_wer_reduction": interval.to_json(),
+            "gap_closed": (test_wer[supervised] - test_wer[chain[-1]]) / gap if gap > 0 else None,
+            "beats_teacher": {
+                student: {
+                    split: results[f"{student}{suffix}"][split]["wer"]
+                    < results[f"{teacher}{suffix}"][split]["wer"]
+                    for split in ("dev", "test")
+                }
+                for teacher, student in zip(chain, chain[1:], strict=False)
+            },
+        }
+    return summary
+
+
 def _evaluate(
     runner: Runner, models: dict[str, pathlib.Path], ngram: pathlib.Path | None = None
 ) -> dict[str, dict]:
@@ -648,7 +691,7 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
     start = time.perf_counter()
     corpus = prepare_inputs(preset, data_dir=data_dir, seed=seed, jobs=jobs)
     runner = Runner(preset, corpus, pathlib.Path(data_dir), work_dir(data_dir, preset_name))
-    ngram = None
+    ngram, claims = None, None
     if preset.labeled_fraction < 1.0:
         root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
         vocabulary = ensure_vocabulary(data_dir, corpus, preset.vocab_size)
@@ -660,12 +703,15 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
     else:
         models = _semi_supervised_stages(runner)
     results = _evaluate(runner, models, ngram)
+    if preset.labeled_fraction < 1.0:
+        claims = claim_summary(runner, results, list(models), root)
     record = {
         "command": f"bigssl pipeline --preset={preset_name}",
         "preset": preset_name,
         "corpus": corpus,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "arms": results,
+        "claims": claims,
     }
     (runner.work_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nWER / CER (%) on {corpus} ({runner.work_dir / 'results.png'}):\n")

@@ -56,6 +56,11 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     record = json.loads((work / pipeline.RECORD_FILE).read_text())
     assert record["arms"] == results and record["wall_seconds"] > 0
     assert record["command"] == "bigssl pipeline --preset=smoke"
+    for decoding in ("greedy", "lm"):
+        claim = record["claims"][decoding]
+        interval = claim["test_wer_reduction"]
+        assert interval["low"] <= interval["estimate"] <= interval["high"]
+        assert set(claim["beats_teacher"]["nst_50"]) == {"dev", "test"}
     assert "| nst_50+lm |" in first.stdout and (work / "results.png").stat().st_size > 0
     assert any((tmp_path / pipeline.XLA_CACHE).iterdir())  # the stages' compilation cache
 
