@@ -1,43 +1,50 @@
 """Data efficiency: what pre-training and self-training buy at each share of labeled data.
 
-    bigssl experiment data-efficiency --preset=demo --fractions=0.05,0.1,0.25,1.0 --seeds=0,1
+    bigssl experiment data-efficiency --preset=demo --fractions=0.05,0.1,0.25,1.0 \
+        --seeds=0,1,2 --draws=0,1
     bigssl experiment data-efficiency --preset=smoke --fractions=0.5,1.0 --seeds=0
 
 For each labeled fraction f of the embedded corpus's labeled pool (the rest of the pool
-joins the unlabeled audio) and each training seed, three arms with the same model, the same
-fine-tuning gin and the same step budget are compared:
+joins the unlabeled audio), each random draw of that subset and each training seed, three
+arms with the same model, the same fine-tuning gin and the same step budget are compared
+(trained as the pipeline's, `pipeline.share_arms`):
 
   supervised:    fine-tuning from scratch on the f-labeled split;
-  pretrained:    fine-tuning of the pre-trained encoder on it;
-  self_trained:  the `pretrained` model transcribes the unlabeled split (one noisy student
-                 generation), and a student starts again from the pre-trained encoder on
-                 labeled + pseudo-labeled batches mixed like the pipeline's students.
+  pretrained:    fine-tuning of the pre-trained encoder on it (the teacher);
+  self_trained:  the `pretrained` model transcribes the unlabeled split (beam search fused
+                 with the preset's n-gram LM at the weight best on dev, if it has one), and a
+                 noisy student starts again from the pre-trained encoder on labeled +
+                 pseudo-labeled batches.
 
 Stages (each finds its finished output and skips; interrupted training resumes):
 
 1. inputs:   the pipeline's stages 1-4 (corpus, prepare, vocab, batches) for the preset.
-2. corpora:  per fraction f < 1, the derived corpus `<corpus>_f<pct>` (e.g.
-             `embedded_small_f10`): its `labeled` split is a random subset of round(f * N) of
-             the N labeled utterances, drawn with `--seed`; its `unlabeled` split is the
-             corpus's unlabeled split plus the rest of the pool with transcripts hidden; dev /
-             test / test_clean are the corpus's own shards (registered again, not copied). It
-             gets its own vocabulary, trained on its labeled split. f = 1 is the corpus itself.
+2. corpora:  per fraction f < 1 and draw d, the derived corpus `<corpus>_f<pct>[_d<d>]`
+             (`pipeline.make_labeled_share`): its `labeled` split is a random subset of
+             round(f * N) of the N labeled utterances (draw 0 drawn with `--seed`, draw d
+             with (seed, d)); its `unlabeled` split is the corpus's unlabeled split plus the
+             rest of the pool with transcripts hidden; dev / test / test_clean are the
+             corpus's own shards. A corpus with text-only sentences gives every share one
+             vocabulary (trained on them); otherwise each share trains its own on its labels.
+             f = 1 is the corpus itself.
 3. pretrain: one self-supervised pre-training on the corpus, shared by every fraction (the
              unlabeled audio it sees is unlabeled in every fraction); the pipeline's own
-             pre-training of the preset (`bigssl pipeline`), the same run, when it is done.
-4. arms:     per fraction and seed, the three arms with `CORPUS = '<corpus>_f<pct>'` and
-             `TrainerConfig.seed = <seed>` bound. At f = 1 and the pipeline's seed (the
-             trainer's default) the arms are the pipeline's baseline, teacher and student_1,
-             the same runs: when the pipeline has trained all three, they are scored there
-             instead of trained again.
+             pre-training of the preset (`bigssl pipeline`), the same run, when it is done;
+             and the preset's n-gram LM of the text-only sentences.
+4. arms:     per share and seed, the three arms with `TrainerConfig.seed = <seed>` bound.
+             Where the pipeline trains the same arms (draw 0, its seed: f = 1 for the
+             classic presets, its `labeled_fraction` for the data-efficiency ones), they are
+             scored there instead of trained again.
 5. evaluate: WER and CER of every model on dev, test and test_clean, then `results.json`
-             (one row per fraction, seed and arm, and the mean over seeds), `results.md`
-             (test, dev and test_clean tables, with the relative WER and CER reductions of
-             self-training over supervised training) and `results.png` (test WER against
-             labeled hours).
+             (one row per fraction, draw, seed and arm; the mean and std over seeds and
+             draws; per fraction the relative test-WER reduction of self_trained over
+             supervised with its paired speaker-block bootstrap 95% interval, the runs
+             pooled), `results.md` (test, dev and test_clean tables with the relative WER and
+             CER reductions, then the intervals) and `results.png` (test WER against
+             labeled minutes).
 
 Everything runs under `<data_dir>/experiments/data_efficiency/<preset>/`: `pretrain/` and
-`f<pct>_s<seed>/<stage>/` with the pipeline's `<stage>.log` and `DONE` markers.
+`f<pct>[_d<d>]_s<seed>/<stage>/` with the pipeline's `<stage>.log` and `DONE` markers.
 """
 
 import dataclasses
@@ -50,6 +57,7 @@ import time
 import numpy as np
 
 from bigssl_jax import paths, pipeline
+from bigssl_jax.data import sources
 
 ARMS = ("supervised", "pretrained", "self_trained")
 TABLE_SPLITS = ("test", "dev", "test_clean")  # the first one is plotted
@@ -98,12 +106,13 @@ def pipeline_seed() -> int:
 
 def pipeline_arms(
     pipeline_runner: pipeline.Runner, share: pipeline.LabeledShare, seed: int
-) -> dict[str, dict[str, dict[str, float]]] | None:
+) -> dict[str, tuple[dict, pathlib.Path]] | None:
     """Stages 4-5 done by the pipeline: at the pipeline's seed and a fraction whose arms it
-    trains (`pipeline_stages`), when it has trained all three, their error rates per split
-    (scored by its own `evaluate_*` stages, which run if missing); else None."""
+    trains (`pipeline_stages`), when it has trained all three, {arm: (its error rates per
+    split, its evaluation dir)} (scored by its own `evaluate_*` stages, which run if
+    missing); else None."""
     stages = pipeline_stages(pipeline_runner.preset, share.fraction)
-    if stages is None or seed != pipeline_seed():
+    if stages is None or seed != pipeline_seed() or share.draw:
         return None
     runs = {arm: pipeline_runner.work_dir / stage for arm, stage in stages.items()}
     if not all((run_dir / pipeline.DONE).exists() for run_dir in runs.values()):
@@ -114,7 +123,13 @@ def pipeline_arms(
         f"the pipeline's {', '.join(stages.values())} in {pipeline_runner.work_dir}",
         start,
     )
-    return {arm: pipeline_runner.evaluate(stages[arm], run_dir) for arm, run_dir in runs.items()}
+    return {
+        arm: (
+            pipeline_runner.evaluate(stages[arm], run_dir),
+            pipeline_runner.work_dir / f"evaluate_{stages[arm]}",
+        )
+        for arm, run_dir in runs.items()
+    }
 
 
 def run_arms(
@@ -123,9 +138,10 @@ def run_arms(
     seed: int,
     pretrained: pathlib.Path,
     ngram: pathlib.Path | None = None,
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Stages 4-5 for one fraction and seed: {arm: {split: {'wer': ..., 'cer': ...}}}, the
-    arms trained as the pipeline's (`pipeline.share_arms`, pseudo-labels fused with `ngram`)."""
+) -> dict[str, tuple[dict, pathlib.Path]]:
+    """Stages 4-5 for one fraction and seed: {arm: ({split: {'wer': ..., 'cer': ...}}, its
+    evaluation dir)}, the arms trained as the pipeline's (`pipeline.share_arms`,
+    pseudo-labels fused with `ngram`)."""
     runner = dataclasses.replace(
         base,
         corpus=share.corpus,
@@ -133,7 +149,67 @@ def run_arms(
         bindings=(f"TrainerConfig.seed = {seed}",),
     )
     models = pipeline.share_arms(runner, ARMS, pretrained, ngram)
-    return {arm: runner.evaluate(arm, run_dir) for arm, run_dir in models.items()}
+    return {
+        arm: (runner.evaluate(arm, run_dir), runner.work_dir / f"evaluate_{arm}")
+        for arm, run_dir in models.items()
+    }
+
+
+def _row(
+    share: pipeline.LabeledShare, seed: int, arm: str, scores: dict, evaluated: pathlib.Path
+) -> dict:
+    """One results row: the share, the seed, the arm, its rates {rate: {split: value}} and
+    its test transcripts."""
+    rates = {
+        rate: {split: r[rate] for split, r in scores.items() if rate in r}
+        for rate in pipeline.ERROR_RATES
+    }
+    return {
+        "fraction": share.fraction,
+        "draw": share.draw,
+        "labeled_hours": share.hours,
+        "labeled_utterances": share.utterances,
+        "arm": arm,
+        "seed": seed,
+        "run": f"{share.tag}_s{seed}",
+        "test_transcripts": str(evaluated / "test" / "transcripts.tsv"),
+        **rates,
+    }
+
+
+def reduction_intervals(rows: list[dict], root: os.PathLike) -> dict:
+    """Per fraction: the relative test-WER reduction of `self_trained` over `supervised`,
+    pooled over every seed and draw (each speaker's errors summed over the runs), with its
+    paired speaker-block bootstrap 95% interval (`evaluation.bootstrap`).
+
+    Returns:
+      {fraction: Interval.to_json()}, for the fractions whose runs all left transcripts.
+    """
+    from bigssl_jax.evaluation import bootstrap
+
+    manifest = pathlib.Path(root) / "test" / sources.MANIFEST_NAME
+    speakers = {
+        row["id"]: row["speaker"]
+        for row in (json.loads(line) for line in manifest.read_text().splitlines())
+    }
+    paths_of = {(r["run"], r["arm"]): pathlib.Path(r["test_transcripts"]) for r in rows}
+    intervals = {}
+    for fraction in sorted({row["fraction"] for row in rows}):
+        runs = sorted({r["run"] for r in rows if r["fraction"] == fraction})
+        pairs = [tuple(paths_of.get((run, arm)) for arm in ("supervised", "self_trained"))
+                 for run in runs]  # fmt: skip
+        if not all(path and path.exists() for pair in pairs for path in pair):
+            continue
+        errors = [bootstrap.paired_errors(*pair) for pair in pairs]
+        pooled = bootstrap.PairedErrors(
+            tuple(f"{run}/{i}" for run, e in zip(runs, errors, strict=True) for i in e.ids),
+            np.concatenate([e.errors_a for e in errors]),
+            np.concatenate([e.errors_b for e in errors]),
+            np.concatenate([e.words for e in errors]),
+        )
+        by_id = {i: speakers[i.split("/", 1)[1]] for i in pooled.ids}
+        intervals[fraction] = bootstrap.relative_reduction_ci(pooled, by_id).to_json()
+    return intervals
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -150,6 +226,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "labeled_utterances": group[0]["labeled_utterances"],
             "arm": arm,
             "seeds": [row["seed"] for row in group],
+            "draws": [row.get("draw", 0) for row in group],
         }
         for rate in pipeline.ERROR_RATES:
             splits = [
@@ -206,17 +283,30 @@ def results_table(means: list[dict], split: str) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(means: list[dict], corpus: str) -> str:
-    """One table per split (test first): mean WER / CER (%) over seeds (± std with several)."""
+def results_markdown(means: list[dict], corpus: str, intervals: dict | None = None) -> str:
+    """One table per split (test first): mean WER / CER (%) over seeds and draws (± std with
+    several), then the bootstrap intervals of the test-WER reductions."""
     parts = [f"# Data efficiency on {corpus}: WER / CER (%)"]
     for split in TABLE_SPLITS:
         if any(split in m["wer"] for m in means):
             parts += [f"## {split}", results_table(means, split)]
+    if intervals:
+        lines = [
+            f"- {100 * fraction:g}% labeled: {100 * i['estimate']:+.1f}%, 95% CI "
+            f"[{100 * i['low']:+.1f}%, {100 * i['high']:+.1f}%]"
+            for fraction, i in sorted(intervals.items())
+        ]
+        parts += [
+            "## Relative test-WER reduction of self_trained over supervised "
+            "(paired speaker-block bootstrap, runs pooled)",
+            "\n".join(lines),
+        ]
     return "\n\n".join(parts) + "\n"
 
 
 def plot_results(means: list[dict], path: pathlib.Path) -> None:
-    """WER on the first table split against labeled hours (log x), one line per arm."""
+    """WER on the first table split against labeled minutes (log x), one line per arm, with
+    the std over seeds and draws as bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,18 +317,18 @@ def plot_results(means: list[dict], path: pathlib.Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     for arm in ARMS:
         points = sorted(
-            (m["labeled_hours"], 100 * m["wer"][split], 100 * m["wer_std"][split])
+            (60 * m["labeled_hours"], 100 * m["wer"][split], 100 * m["wer_std"][split])
             for m in means
             if m["arm"] == arm and split in m["wer"]
         )
         if points:
-            hours, wers, stds = zip(*points, strict=True)
-            axis.errorbar(hours, wers, yerr=stds, marker="o", capsize=3, label=arm)
+            minutes, wers, stds = zip(*points, strict=True)
+            axis.errorbar(minutes, wers, yerr=stds, marker="o", capsize=3, label=arm)
     axis.set_xscale("log")
-    hours = sorted({m["labeled_hours"] for m in means})
-    axis.set_xticks(hours, [f"{h:.3g}" for h in hours])
+    minutes = sorted({60 * m["labeled_hours"] for m in means})
+    axis.set_xticks(minutes, [f"{m:.3g}" for m in minutes])
     axis.xaxis.set_minor_formatter(ticker.NullFormatter())
-    axis.set_xlabel("labeled hours")
+    axis.set_xlabel("labeled minutes")
     axis.set_ylabel(f"{split} WER (%)")
     axis.set_title("WER against labeled data")
     axis.legend()
@@ -247,11 +337,15 @@ def plot_results(means: list[dict], path: pathlib.Path) -> None:
     plt.close(figure)
 
 
-def write_results(rows: list[dict], corpus: str, out_dir: pathlib.Path) -> str:
-    """`results.json`, `results.md` and `results.png` under `out_dir`; returns the Markdown."""
+def write_results(
+    rows: list[dict], corpus: str, out_dir: pathlib.Path, intervals: dict | None = None
+) -> str:
+    """`results.json` (rows, means over seeds and draws, and per fraction the bootstrap
+    interval of the self_trained-over-supervised test-WER reduction), `results.md` and
+    `results.png` under `out_dir`; returns the Markdown."""
     means = summarize(rows)
-    markdown = results_markdown(means, corpus)
-    results = {"corpus": corpus, "rows": rows, "means": means}
+    markdown = results_markdown(means, corpus, intervals or {})
+    results = {"corpus": corpus, "rows": rows, "means": means, "reductions": intervals or {}}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "results.md").write_text(markdown)
     plot_results(means, out_dir / "results.png")
@@ -264,6 +358,7 @@ def run(
     data_dir: os.PathLike,
     fractions,
     seeds,
+    draws=(0,),
     data_seed: int = 0,
     jobs: int = 1,
 ) -> int:
@@ -274,6 +369,8 @@ def run(
       data_dir: the data directory.
       fractions: labeled shares of the labeled pool, each in (0, 1].
       seeds: training seeds (`TrainerConfig.seed`) of every arm.
+      draws: which random subsets of the pool each fraction below 1 is run on
+        (`pipeline.make_labeled_share`).
       data_seed: seed of the corpus synthesis and of the labeled subsets.
       jobs: worker processes of corpus synthesis and preparation.
 
@@ -282,6 +379,7 @@ def run(
       pipeline.StageError: a stage failed (its log is named).
     """
     fractions, seeds = sorted(set(fractions)), list(dict.fromkeys(seeds))
+    draws = list(dict.fromkeys(draws))
     if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
         raise ValueError(f"labeled fractions must be in (0, 1], got {fractions}")
     preset = pipeline.PRESETS[preset_name]
@@ -299,8 +397,10 @@ def run(
             vocab_size=preset.vocab_size,
             jobs=jobs,
             vocabulary=shared,
+            draw=draw,
         )  # fmt: skip
         for f in fractions
+        for draw in (draws if f < 1.0 else draws[:1])  # the whole pool has one draw
     ]
     out_dir = work_dir(data_dir, preset_name)
     base = pipeline.Runner(preset, corpus, pathlib.Path(data_dir), out_dir)
@@ -313,21 +413,8 @@ def run(
             arms = pipeline_arms(pipeline_runner, share, seed)
             if arms is None:
                 arms = run_arms(base, share, seed, pretrained, ngram)
-            for arm, scores in arms.items():
-                rates = {
-                    rate: {split: r[rate] for split, r in scores.items() if rate in r}
-                    for rate in pipeline.ERROR_RATES
-                }
-                rows.append(
-                    {
-                        "fraction": share.fraction,
-                        "labeled_hours": share.hours,
-                        "labeled_utterances": share.utterances,
-                        "arm": arm,
-                        "seed": seed,
-                        **rates,
-                    }
-                )
-    markdown = write_results(rows, corpus, out_dir)
+            rows += [_row(share, seed, arm, *scored) for arm, scored in arms.items()]
+    intervals = reduction_intervals(rows, root)
+    markdown = write_results(rows, corpus, out_dir, intervals)
     print(f"\n{markdown}\n(plot: {out_dir / 'results.png'})", flush=True)
     return 0

@@ -170,16 +170,18 @@ class LabeledShare:
       corpus: its registry name, `<corpus>_f<pct>`.
       utterances: utterances of its labeled split.
       hours: hours of its labeled split.
+      draw: which random subset of the pool (0: the one drawn with the data seed alone).
     """
 
     fraction: float
     corpus: str
     utterances: int
     hours: float
+    draw: int = 0
 
     @property
     def tag(self) -> str:
-        return fraction_tag(self.fraction)
+        return fraction_tag(self.fraction) + (f"_d{self.draw}" if self.draw else "")
 
 
 def fraction_tag(fraction: float) -> str:
@@ -197,6 +199,7 @@ def make_labeled_share(
     vocab_size: int,
     jobs: int = 1,
     vocabulary: pathlib.Path | None = None,
+    draw: int = 0,
 ) -> LabeledShare:
     """Prepares and registers `<corpus>_f<pct>` (`fraction` of the labeled pool labeled, the
     rest joined to the unlabeled split, dev / test / test_clean registered again) and its
@@ -214,6 +217,8 @@ def make_labeled_share(
       vocab_size: pieces of the derived corpus's vocabulary.
       jobs: worker processes writing shards.
       vocabulary: the sentencepiece model every fraction shares, or None.
+      draw: which subset: draw 0 is drawn with `seed`, draw d > 0 with (seed, d), as
+        `<corpus>_f<pct>_d<d>`.
 
     Returns:
       The derived corpus (or `corpus`) and the size of its labeled split.
@@ -223,12 +228,12 @@ def make_labeled_share(
         info = registry.split(corpus, "labeled")
         return LabeledShare(fraction, corpus, info.num_examples, info.hours)
     base = registry.splits(corpus)
-    name = f"{corpus}_{fraction_tag(fraction)}"
+    name = f"{corpus}_{LabeledShare(fraction, corpus, 0, 0.0, draw).tag}"
     start = time.perf_counter()
-    description = f"{fraction:g} of {corpus}/labeled labeled (seed {seed})"
+    description = f"{fraction:g} of {corpus}/labeled labeled (seed {seed}, draw {draw})"
     pool = sources.embedded_sources(root)
     labeled, unlabeled = sources.split_labeled_pool(
-        pool["labeled"], pool["unlabeled"], fraction, seed
+        pool["labeled"], pool["unlabeled"], fraction, [seed, draw] if draw else seed
     )
     options = prepare.PrepareOptions(jobs=jobs)
     for split, source in (("labeled", labeled), ("unlabeled", unlabeled)):
@@ -244,7 +249,7 @@ def make_labeled_share(
         "corpora", f"{name}: {info.num_examples} labeled utterances ({info.hours:.3f} h)", start
     )
     ensure_vocabulary(data_dir, name, vocab_size, shared=vocabulary)
-    return LabeledShare(fraction, name, info.num_examples, info.hours)
+    return LabeledShare(fraction, name, info.num_examples, info.hours, draw)
 
 
 def print_stage(name: str, message: str, start: float) -> None:

@@ -190,7 +190,12 @@ def test_full_fraction_at_the_pipelines_seed_is_the_pipelines_runs(tmp_path, mon
     assert ran == []
 
     arms = data_efficiency.pipeline_arms(pipeline_runner, full, seed)
-    assert arms == {
+    assert {arm: scored[1].name for arm, scored in arms.items()} == {
+        "supervised": "evaluate_baseline",
+        "pretrained": "evaluate_teacher",
+        "self_trained": "evaluate_student_1",
+    }
+    assert {arm: scored[0] for arm, scored in arms.items()} == {
         "supervised": {"test": {"wer": len("evaluate_baseline") / 100, "cer": 0.1}},
         "pretrained": {"test": {"wer": len("evaluate_teacher") / 100, "cer": 0.1}},
         "self_trained": {"test": {"wer": len("evaluate_student_1") / 100, "cer": 0.1}},
@@ -242,6 +247,9 @@ def test_smoke_data_efficiency_runs_every_arm_then_skips_them(tmp_path):
         assert (row["fraction"], row["seed"], row["labeled_utterances"]) == (0.5, 0, pool // 2)
         assert set(row["wer"]) == set(row["cer"]) == {"dev", "test", "test_clean"}
     assert [m["arm"] for m in results["means"]] == list(data_efficiency.ARMS)
+    interval = results["reductions"]["0.5"]  # self_trained vs supervised, speaker bootstrap
+    assert interval["low"] <= interval["estimate"] <= interval["high"]
+    assert "paired speaker-block bootstrap" in first.stdout
     assert (work / "results.png").stat().st_size > 0
     assert (work / "results.md").read_text().strip() in first.stdout
     assert "| 50% |" in first.stdout and "WER reduction, self_trained vs supervised" in first.stdout

@@ -31,6 +31,9 @@ _FRACTIONS = flags.DEFINE_list(
     "fractions", ["0.05", "0.1", "0.25", "1.0"], "Labeled shares of the labeled pool, in (0, 1]."
 )
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Training seeds of every arm.")
+_DRAWS = flags.DEFINE_list(
+    "draws", ["0"], "Random labeled subsets of each fraction below 1 (0: the data seed's)."
+)
 
 
 def _parse(values, kind, name: str) -> list:
@@ -47,13 +50,15 @@ def _parse(values, kind, name: str) -> list:
 def _data_efficiency() -> int:
     fractions = _parse(_FRACTIONS.value, float, "fractions")  # run checks they are in (0, 1]
     seeds = _parse(_SEEDS.value, int, "seeds")
-    if not seeds:
-        raise ValueError("--seeds is empty")
+    draws = _parse(_DRAWS.value, int, "draws")
+    if not seeds or not draws:
+        raise ValueError("--seeds and --draws must name at least one each")
     return data_efficiency.run(
         _PRESET.value,
         data_dir=common_flags.data_dir(),
         fractions=fractions,
         seeds=seeds,
+        draws=draws,
         data_seed=common_flags.SEED.value,
         # Corpus synthesis output does not depend on --jobs.
         jobs=common_flags.jobs_or_all_cores(),

@@ -175,7 +175,7 @@ def _as_unlabeled(entries: list[Entry]) -> list[Entry]:
 
 
 def split_labeled_pool(
-    labeled: FileSource, unlabeled: FileSource, fraction: float, seed: int
+    labeled: FileSource, unlabeled: FileSource, fraction: float, seed: int | Sequence[int]
 ) -> tuple[FileSource, FileSource]:
     """Keeps a seeded random share of a labeled pool labeled; the rest joins the unlabeled split.
 
@@ -189,7 +189,8 @@ def split_labeled_pool(
       labeled: the labeled pool.
       unlabeled: the corpus's unlabeled split.
       fraction: labeled share, in (0, 1].
-      seed: seed of the draw (the same seed draws the same subset).
+      seed: seed of the draw, an int or a sequence of ints (the same seed draws the same
+        subset).
 
     Returns:
       (the labeled subset, the unlabeled split plus the rest of the pool).
