@@ -8,7 +8,7 @@ Each wrapped name equals the class name, so gin files read `EncoderConfig.num_la
 
 import gin
 
-from bigssl_jax import aot, input_pipeline, optimizers, partitioning, trainer
+from bigssl_jax import aot, experiment, input_pipeline, optimizers, partitioning, trainer
 from bigssl_jax.layers import frontend
 from bigssl_jax.models import (
     asr,
@@ -55,10 +55,10 @@ CtcTrainModel = _register(ctc_model.CtcTrainModel)
 RnntDecoderConfig = _register(rnnt_decoder.RnntDecoderConfig)
 RnntTrainModel = _register(rnnt_model.RnntTrainModel)
 
-# --- training (bigssl_jax.trainer, bigssl_jax.optimizers) ----------------------------------
+# --- training (bigssl_jax.trainer, optimizers, experiment) ----------------------------------
 OptimizerConfig = _register(optimizers.OptimizerConfig)
 TrainerConfig = _register(trainer.TrainerConfig)
-ExperimentConfig = _register(trainer.ExperimentConfig)
+ExperimentConfig = _register(experiment.ExperimentConfig)
 
 # --- ahead-of-time compilation (bigssl_jax.aot) --------------------------------------------
 CompileConfig = _register(aot.CompileConfig)

@@ -61,18 +61,19 @@ def evaluate(
     from clu import metric_writers
 
     from bigssl_jax import checkpointing, configurables, inference, input_pipeline, paths
-    from bigssl_jax.commands import train as train_command
+    from bigssl_jax import experiment as experiment_lib
+    from bigssl_jax.commands import training
     from bigssl_jax.models import asr
-    from bigssl_tasks import corpus_tasks
 
     loaded = inference.load_model(checkpoint, ema=ema)
     model = asr.with_beam_size(loaded.model, beam_size)
     experiment = configurables.ExperimentConfig()
-    names = train_command.register_tasks(experiment, data_dir)
-    model = train_command.with_label_names(model, experiment, data_dir)
-    tasks = {s: corpus_tasks.task_name(experiment.corpus, s, experiment.task_kind) for s in splits}
+    names = experiment_lib.register_tasks(experiment, data_dir)
+    model = experiment_lib.with_label_names(model, experiment, data_dir)
+    make_input = training.gin_scoped(configurables.InputConfig)
+    tasks = {split: experiment_lib.task_name(experiment, split) for split in splits}
     inputs = {
-        split: train_command.eval_input_config(task, model)
+        split: experiment_lib.eval_input_config(make_input, task, model)
         for split, task in tasks.items()
         if task in names
     }
