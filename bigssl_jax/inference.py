@@ -1,21 +1,22 @@
 """Loading a trained model for inference: evaluate, transcribe, pseudo-label, embed.
 
-    loaded = inference.load_model("/runs/ctc")        # a run dir, its checkpoints/ or a step
+    model = gin_utils.run_model("/runs/ctc")          # at the seam: from the run's gin
+    loaded = inference.load_model("/runs/ctc", model) # a run dir, its checkpoints/ or a step
     tokens, paddings, scores = jax.jit(loaded.model.decode)(loaded.variables, audio, pad)
 
 A run directory (`bigssl train --model_dir=RUN`) holds `config.gin` (every binding of the
 run, written before training), `checkpoints/<step>/` and, for models that read text,
-`vocabulary.model` (the corpus vocabulary copied at the start of training). `load_model`
-rebuilds `ExperimentConfig.model` from that gin (unless gin was already parsed by the
-caller, e.g. from `--gin_file`), points its `vocabulary` at the run's copy, and restores
-the params of the chosen step (the latest unless a step directory is given): the EMA of
-its params when the run kept one (`OptimizerConfig.ema_decay`), unless `ema=False`.
-Variables are placed on one device.
+`vocabulary.model` (the corpus vocabulary copied at the start of training). The model
+wrapper is built at the seam from that gin (`gin_utils.run_model`: this module reads no
+gin); `load_model` points its `vocabulary` at the run's copy and restores the params of the
+chosen step (the latest unless a step directory is given): the EMA of its params when the
+run kept one (`OptimizerConfig.ema_decay`), unless `ema=False`. Variables are placed on one
+device.
 
-`with_fusion_lm` shallow-fuses the Transformer LM of a `bigssl train-lm` run into an ASR
-model's beam search (evaluate, transcribe and pseudo-label share it):
+`with_fusion_lm` shallow-fuses the Transformer LM of a loaded `bigssl train-lm` run into an
+ASR model's beam search (evaluate, transcribe and pseudo-label share it):
 
-    model = inference.with_fusion_lm(loaded.model, "/runs/lm", lm_weight=0.3)
+    model = inference.with_fusion_lm(loaded.model, loaded_lm, lm_weight=0.3)
 """
 
 import dataclasses
@@ -29,7 +30,7 @@ from etils import epath
 
 from bigssl_jax import checkpointing
 
-CONFIG_FILE = "config.gin"
+CONFIG_FILE = "config.gin"  # a run's gin bindings (`gin_utils.write_config`)
 VOCABULARY_FILE = "vocabulary.model"
 # The shapes `init_variables` sees; parameter shapes do not depend on them.
 _EXAMPLE_SAMPLES, _EXAMPLE_TOKENS = 16000, 8
@@ -79,22 +80,6 @@ def with_run_vocabulary(model: Any, run_dir: epath.Path) -> Any:
     return model
 
 
-def _parse_run_config(run_dir: epath.Path) -> None:
-    import gin
-
-    from bigssl_jax import (
-        configurables,  # noqa: F401  (registers the configurables)
-        gin_utils,
-    )
-
-    if gin.config_str().strip():
-        return  # the caller parsed gin (e.g. --gin_file)
-    config = run_dir / CONFIG_FILE
-    if not config.exists():
-        raise FileNotFoundError(f"{config} not found: pass the run's gin with --gin_file")
-    gin_utils.parse([str(config)])
-
-
 def restore_variables(model: Any, step_dir: epath.Path, *, ema: bool = True) -> dict[str, Any]:
     """The variables of `model` saved at `step_dir`, on one device.
 
@@ -117,76 +102,64 @@ def restore_variables(model: Any, step_dir: epath.Path, *, ema: bool = True) -> 
     return variables
 
 
-def load_model(checkpoint: os.PathLike | str, *, ema: bool = True) -> LoadedModel:
+def load_model(checkpoint: os.PathLike | str, model: Any, *, ema: bool = True) -> LoadedModel:
     """Restores the model of a run (see the module docstring).
 
     Args:
       checkpoint: a run directory, its `checkpoints/` directory or one step directory
         (local or a URI such as `gs://bucket/runs/ctc`).
+      model: the run's model wrapper, built at the seam (`gin_utils.run_model`).
       ema: restore the EMA of the params when the run kept one; False: the params.
 
     Returns:
       The loaded model.
 
     Raises:
-      FileNotFoundError: no finalised checkpoint there, or no gin config to rebuild the model.
-      ValueError: the gin binds no `ExperimentConfig.model`.
+      FileNotFoundError: no finalised checkpoint there.
     """
     step_dir = checkpointing.resolve_init_checkpoint(checkpoint)
     run_dir = run_dir_of(step_dir)
-    _parse_run_config(run_dir)
-    from bigssl_jax import configurables
-
-    model = configurables.ExperimentConfig().model
-    if model is None:
-        raise ValueError(f"the gin config of {run_dir} binds no ExperimentConfig.model")
     model = with_run_vocabulary(model, run_dir)
     variables = restore_variables(model, step_dir, ema=ema)
     source = checkpointing.params_source(step_dir, ema=ema)
     return LoadedModel(model, variables, run_dir, int(step_dir.name), source)
 
 
-def with_fusion_lm(model: Any, checkpoint: os.PathLike | str | None, lm_weight: float | None):
+def with_fusion_lm(model: Any, lm: LoadedModel | None, lm_weight: float | None):
     """`model` (CTC or RNN-T) shallow-fused with the LM of a `bigssl train-lm` run.
 
     The LM's cache holds `model.decoding.max_output_length + 1` positions (the longest
-    hypothesis the search can build). Loading the LM parses its run's `config.gin` after
-    clearing gin, so the caller reads everything it needs from gin first.
+    hypothesis the search can build).
 
     Args:
       model: an ASR model with `decoding` and `lm` fields, beam search configured.
-      checkpoint: the LM run (run, checkpoints/ or step directory); None returns `model`
+      lm: the loaded LM run (`load_model` of its `LmTrainModel`); None returns `model`
         with only `lm_weight` applied (unchanged when `lm_weight` is None too).
       lm_weight: the fusion weight; None keeps `model.decoding.lm_weight`.
 
     Raises:
-      FileNotFoundError: no finalised checkpoint at `checkpoint`.
       ValueError: a model that does not decode, not an LM run, a different vocabulary size,
         or greedy decoding (shallow fusion is a beam-search feature).
     """
-    if checkpoint is None and lm_weight is None:
+    if lm is None and lm_weight is None:
         return model
     if not hasattr(model, "decoding"):
         raise ValueError(f"{type(model).__name__} does not decode: no LM to fuse into")
     decoding = model.decoding
     if lm_weight is not None:
         decoding = dataclasses.replace(decoding, lm_weight=lm_weight)
-    if checkpoint is None:
+    if lm is None:
         return dataclasses.replace(model, decoding=decoding)
     if decoding.beam_size == 1:
-        raise ValueError(f"fusing the LM {checkpoint} needs beam search: pass --beam_size > 1")
-    import gin
-
-    gin.clear_config()
-    loaded = load_model(checkpoint)
-    if not hasattr(loaded.model, "fusion_lm"):
-        raise ValueError(f"{checkpoint} is not a `bigssl train-lm` run (no fusion_lm)")
-    config = loaded.model.config
+        raise ValueError("fusing an LM needs beam search: pass --beam_size > 1")
+    if not hasattr(lm.model, "fusion_lm"):
+        raise ValueError(f"{lm.run_dir} is not a `bigssl train-lm` run (no fusion_lm)")
+    config = lm.model.config
     if config.vocab_size != model.vocab_size:
         raise ValueError(
-            f"the LM {checkpoint} has {config.vocab_size} tokens, the ASR model "
+            f"the LM {lm.run_dir} has {config.vocab_size} tokens, the ASR model "
             f"{model.vocab_size}: they must share the vocabulary"
         )
     max_length = min(decoding.max_output_length + 1, config.max_length)
-    lm = loaded.model.fusion_lm(loaded.variables, max_length=max_length)
-    return dataclasses.replace(model, decoding=decoding, lm=lm)
+    fused = lm.model.fusion_lm(lm.variables, max_length=max_length)
+    return dataclasses.replace(model, decoding=decoding, lm=fused)

@@ -5,18 +5,19 @@
     bigssl evaluate --checkpoint=/runs/ctc --beam_size=8 --lm_checkpoint=/runs/lm --lm_weight=0.3
     bigssl evaluate --checkpoint=/runs/ctc_ema --noema      # the raw params of an EMA run
 
-Rebuilds the model from the run's `config.gin` (or `--gin_file`), restores the checkpoint
-(`bigssl_jax.inference`), and for each split runs `model.score` over the whole split (eval
-input settings from the gin's `eval/InputConfig`, one pass, no shuffling): WER and CER for
-ASR models, accuracy and a confusion matrix for classifiers. Writes per split
-`<output_dir>/<split>/` (the report's files: `wer.json`, `transcripts.tsv`, `worst.json` for
-ASR), `<output_dir>/results.json` with every split's metrics, the step directories scored
-(model and fused LM), which params ('ema' or 'params') and the decoding settings, and
-TensorBoard scalars `<split>/<metric>` at the checkpoint's step; prints one line per split.
-`--lm_checkpoint` (a `bigssl train-lm` run over the same vocabulary) shallow-fuses its LM
-into the beam search with weight `--lm_weight` (`inference.with_fusion_lm`). A run trained
-with `OptimizerConfig.ema_decay` is scored with the EMA of its params, as its own evaluations
-were; `--noema` scores its raw params instead (default output `<run>/evaluate/<step>-noema`).
+Rebuilds the model from the run's `config.gin` (or `--gin_file`; `gin_utils.run_model`),
+restores the checkpoint (`bigssl_jax.inference`), and for each split runs `model.score` over
+the whole split (eval input settings from the gin's `eval/InputConfig`, one pass, no
+shuffling): WER and CER for ASR models, accuracy and a confusion matrix for classifiers.
+Writes per split `<output_dir>/<split>/` (the report's files: `wer.json`, `transcripts.tsv`,
+`worst.json` for ASR), `<output_dir>/results.json` with every split's metrics, the step
+directories scored (model and fused LM), which params ('ema' or 'params') and the decoding
+settings, and TensorBoard scalars `<split>/<metric>` at the checkpoint's step; prints one
+line per split. `--lm_checkpoint` (a `bigssl train-lm` run over the same vocabulary)
+shallow-fuses its LM into the beam search with weight `--lm_weight`
+(`inference.with_fusion_lm`). A run trained with `OptimizerConfig.ema_decay` is scored with
+the EMA of its params, as its own evaluations were; `--noema` scores its raw params instead
+(default output `<run>/evaluate/<step>-noema`).
 
 Exit codes: 0 done; 1 a missing checkpoint, corpus or vocabulary (one line on stderr).
 """
@@ -60,12 +61,12 @@ def evaluate(
     import jax
     from clu import metric_writers
 
-    from bigssl_jax import checkpointing, configurables, inference, input_pipeline, paths
+    from bigssl_jax import checkpointing, configurables, gin_utils, inference, input_pipeline, paths
     from bigssl_jax import experiment as experiment_lib
     from bigssl_jax.commands import training
     from bigssl_jax.models import asr
 
-    loaded = inference.load_model(checkpoint, ema=ema)
+    loaded = gin_utils.load_model(checkpoint, ema=ema)
     model = asr.with_beam_size(loaded.model, beam_size)
     experiment = configurables.ExperimentConfig()
     names = experiment_lib.register_tasks(experiment, data_dir)
@@ -79,7 +80,8 @@ def evaluate(
     }
     # The LM's step is resolved once, so the step fused is the step results.json names.
     lm_step_dir = checkpointing.resolve_init_checkpoint(lm_checkpoint) if lm_checkpoint else None
-    model = inference.with_fusion_lm(model, lm_step_dir, lm_weight)  # may clear gin
+    lm = gin_utils.load_model(lm_step_dir, own_config=True) if lm_step_dir else None  # clears gin
+    model = inference.with_fusion_lm(model, lm, lm_weight)
     default_dir = loaded.run_dir / "evaluate" / f"{loaded.step}{'' if ema else '-noema'}"
     output_dir = paths.as_path(output_dir or default_dir)
     writer = metric_writers.create_default_writer(
