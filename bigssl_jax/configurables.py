@@ -9,18 +9,9 @@ Each wrapped name equals the class name, so gin files read `EncoderConfig.num_la
 import gin
 
 from bigssl_jax import aot, experiment, input_pipeline, optimizers, partitioning, trainer
-from bigssl_jax.layers import frontend
-from bigssl_jax.models import (
-    asr,
-    ctc_model,
-    encoder,
-    pretrain_step,
-    rnnt_decoder,
-    rnnt_model,
-    ssl_losses,
-    w2v_bert,
-    wav2vec2,
-)
+from bigssl_jax.layers import frontend, rnnt_decoder
+from bigssl_jax.losses import ssl_losses
+from bigssl_jax.models import asr, best_rq, ctc_model, encoder, rnnt_model, w2v_bert, wav2vec2
 
 
 def _register(cls, name: str | None = None):
@@ -42,8 +33,8 @@ InputConfig = _register(input_pipeline.InputConfig)
 
 # --- self-supervised objectives ------------------------------------------------------------
 SSLLossWeights = _register(ssl_losses.SSLLossWeights)
-BestRqConfig = _register(pretrain_step.BestRqConfig)
-BestRqTrainModel = _register(pretrain_step.BestRqTrainModel)
+BestRqConfig = _register(best_rq.BestRqConfig)
+BestRqTrainModel = _register(best_rq.BestRqTrainModel)
 Wav2Vec2Config = _register(wav2vec2.Wav2Vec2Config)
 Wav2Vec2TrainModel = _register(wav2vec2.Wav2Vec2TrainModel)
 W2vBertConfig = _register(w2v_bert.W2vBertConfig)

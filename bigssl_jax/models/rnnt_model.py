@@ -8,7 +8,7 @@ and a joint network.
 
 The blank is the sentencepiece pad id 0 (never a target), also the prediction network's
 start symbol. Params: 'encoder' (restorable from pre-training with `init_params_scopes =
-('encoder',)`) and 'decoder' (`models.rnnt_decoder.RnntDecoder`); the recipe trains them
+('encoder',)`) and 'decoder' (`layers.rnnt_decoder.RnntDecoder`); the recipe trains them
 with separate schedules (`OptimizerConfig.encoder_peak_lr`). With `ctc_weight > 0` a CTC
 projection 'ctc_head' on the encoder adds an auxiliary CTC loss (as ESPnet's transducer
 recipes): on a few hours of labels the prediction network can memorise the transcripts
@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from bigssl_jax.decoding import rnnt_search
-from bigssl_jax.layers import frontend
+from bigssl_jax.layers import frontend, rnnt_decoder
 from bigssl_jax.losses import ctc, rnnt
-from bigssl_jax.models import asr, base, ctc_model, rnnt_decoder
+from bigssl_jax.models import asr, base, ctc_model
 from bigssl_jax.models import encoder as encoder_lib
 
 RNG_STREAMS = ("dropout", "specaug")

@@ -1,4 +1,4 @@
-"""w2v-BERT self-supervised pre-training: the model, its loss and train step.
+"""w2v-BERT self-supervised pre-training: the model and its loss (the train step is the trainer's).
 
 w2v-BERT (Chung et al. 2021) splits the Conformer stack in two: a contrastive module (the first
 N blocks) trained with the wav2vec 2.0 loss, and a masked-prediction (MLM) module (the other
@@ -34,7 +34,8 @@ import flax.struct
 import jax
 
 from bigssl_jax.layers import frontend
-from bigssl_jax.models import base, pretrain_step, ssl_losses, wav2vec2
+from bigssl_jax.losses import ssl_losses
+from bigssl_jax.models import base, best_rq, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
 
 Batch = Mapping[str, jax.Array]
@@ -151,7 +152,7 @@ class W2vBertModel(nn.Module):
             step=step,
             train=train,
         )
-        mlm_logits = pretrain_step.CodeHead(
+        mlm_logits = best_rq.CodeHead(
             objective.num_groups, objective.num_codes, config.compute_dtype, name="mlm_head"
         )(stages[-1][0])
         return W2vBertOutput(
@@ -181,7 +182,7 @@ def loss_fn(
       variables: {'params': ...} (unboxed).
       batch: 'audio' [B, S] and 'audio_paddings' [B, S] (1.0 = padded).
       rng: key of the 'masking', 'dropout' and 'gumbel' streams and of distractor sampling.
-      step: the train step (sets the Gumbel temperature).
+      step: updates applied so far (sets the Gumbel temperature).
       train: enables dropout and Gumbel noise.
       weights: term weights (1, 0.1, 1 by default).
 

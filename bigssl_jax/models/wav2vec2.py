@@ -1,4 +1,4 @@
-"""wav2vec 2.0 self-supervised pre-training (BigSSL flavour): the model, its loss and train step.
+"""wav2vec 2.0 self-supervised pre-training (BigSSL flavour): the model and its loss.
 
 For a batch of waveforms, with the Conformer's convolutional subsampling as the feature encoder:
 
@@ -15,7 +15,8 @@ own target and K = 100 distractor targets drawn from the other masked frames of 
 utterance (cosine / 0.1). L_diversity (weight 0.1) pushes the average code distribution over
 masked frames towards uniform; it is dropped with linear targets, which have no codebook.
 The Gumbel temperature tau = `gumbel_temperature(step)` anneals 2.0 -> 0.1, so the model and
-`loss_fn` take the train step.
+`loss_fn` take the step count (updates applied so far; the train step itself is the
+trainer's, shared by every objective).
 
 Targets keep their gradient, as in fairseq, whose quantiser reads the CNN features with
 gradient: the subsampling stem is trained through both the masked context and the targets
@@ -44,7 +45,8 @@ import jax
 import jax.numpy as jnp
 
 from bigssl_jax.layers import frontend, masking, quantizers, subsampling
-from bigssl_jax.models import base, ssl_losses
+from bigssl_jax.losses import ssl_losses
+from bigssl_jax.models import base
 from bigssl_jax.models import encoder as encoder_lib
 
 Batch = Mapping[str, jax.Array]
@@ -310,7 +312,7 @@ def masked_contrastive_forward(
       audio: [B, S] at 16 kHz.
       paddings: [B, S], 1.0 = padded.
       contrastive_stage: index of the stage whose output is the context (-1: the last).
-      step: the train step (sets the Gumbel temperature).
+      step: updates applied so far (sets the Gumbel temperature).
       train: enables dropout and Gumbel noise.
 
     Returns:
@@ -417,7 +419,7 @@ def loss_fn(
       variables: {'params': ...} (unboxed).
       batch: 'audio' [B, S] and 'audio_paddings' [B, S] (1.0 = padded).
       rng: key of the 'masking', 'dropout' and 'gumbel' streams and of distractor sampling.
-      step: the train step (sets the Gumbel temperature).
+      step: updates applied so far (sets the Gumbel temperature).
       train: enables dropout and Gumbel noise.
       weights: term weights (contrastive 1, diversity 0.1; mlm is unused).
 

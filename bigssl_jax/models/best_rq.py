@@ -1,4 +1,4 @@
-"""BEST-RQ self-supervised pre-training: the model, its loss and the pure train step.
+"""BEST-RQ self-supervised pre-training: the model and its loss (a `models.base.TrainModel`).
 
 BEST-RQ (Chiu et al. 2022) in four steps, for a batch of waveforms:
 
@@ -22,9 +22,10 @@ Randomness: rng streams 'masking' (span starts and noise) and 'dropout'. The qua
 projection and codebook live in the 'frozen' variable collection (`TrainState.model_state`);
 only 'params' are trained.
 
-The wav2vec 2.0 and w2v-BERT objectives add their own model classes next to `BestRqModel`
-with the same `__call__` -> outputs and `loss_fn` shape, each wrapped as a `models.base.TrainModel`
-that `trainer.make_train_step` turns into the one pure train step.
+The wav2vec 2.0 and w2v-BERT objectives (`models.wav2vec2`, `models.w2v_bert`) have the same
+shape: a Flax model whose `__call__` returns the outputs, a `loss_fn`, and a
+`models.base.TrainModel` wrapper. The train step itself is the trainer's, shared by every
+objective (`bigssl_jax.trainer`).
 """
 
 import dataclasses
@@ -37,8 +38,8 @@ import jax
 import jax.numpy as jnp
 
 from bigssl_jax.layers import frontend, masking, quantizers
+from bigssl_jax.losses import ssl_losses
 from bigssl_jax.models import encoder as encoder_lib
-from bigssl_jax.models import ssl_losses
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
