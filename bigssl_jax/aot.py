@@ -506,8 +506,8 @@ def _describe(
     }
 
 
-def _log_mel(model: base.TrainModel) -> frontend.LogMelConfig:
-    return getattr(model, "log_mel", None) or frontend.LogMelConfig()
+def _log_mel(model: base.EncoderModel) -> frontend.LogMelConfig:
+    return model.log_mel or frontend.LogMelConfig()
 
 
 def best_rq_model(
@@ -556,7 +556,7 @@ def compile_report(
       RuntimeError: without libtpu. ValueError: for a model without an audio encoder, a bad
       topology, mesh or batch size.
     """
-    if not isinstance(getattr(model, "encoder", None), encoder_lib.EncoderConfig):
+    if not isinstance(model, base.EncoderModel):
         raise ValueError(f"{type(model).__name__} has no audio encoder to compile")
     optimizer = optimizer or optimizers.OptimizerConfig()
     topology = parse_topology(config.topology, config.num_slices)

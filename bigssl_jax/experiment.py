@@ -30,6 +30,7 @@ from typing import Any
 from bigssl_jax import inference, input_pipeline, paths
 from bigssl_jax.data import registry as registry_lib
 from bigssl_jax.data import schema
+from bigssl_jax.models import asr, base
 
 TEXT_TASK_KIND = "text"  # `ExperimentConfig.task_kind` of a language model
 # make_input(scope, **fields) -> an input config (InputConfig, TextInputConfig).
@@ -94,10 +95,11 @@ def no_scope(factory: Callable[..., Any]) -> InputFactory:
 
 
 def vocab_size(model) -> int:
-    """The vocabulary a model reads: `<corpus>_<model.vocab_size>.model` (default size else)."""
+    """The vocabulary a model reads: `<corpus>_<model.vocab_size>.model` for an ASR model,
+    the default size else."""
     from bigssl_tasks import vocab
 
-    return getattr(model, "vocab_size", vocab.DEFAULT_VOCAB_SIZE)
+    return model.vocab_size if isinstance(model, asr.AsrModel) else vocab.DEFAULT_VOCAB_SIZE
 
 
 def register_tasks(experiment: ExperimentConfig, data_dir) -> list[str]:
@@ -116,7 +118,11 @@ def register_tasks(experiment: ExperimentConfig, data_dir) -> list[str]:
             experiment.corpus,
             field=field,
             data_dir=data_dir,
-            num_classes=getattr(experiment.model, "num_classes", None),
+            num_classes=(
+                experiment.model.num_classes
+                if isinstance(experiment.model, base.ClassifierModel)
+                else None
+            ),
         )
     return names
 
@@ -137,25 +143,26 @@ def registered_task(experiment: ExperimentConfig, split: str, names: list[str]) 
 
 
 def with_label_names(model, experiment: ExperimentConfig, data_dir):
-    """A classifier (a model with `label_names`) of a classification task gets the task's
+    """A classifier (`models.base.ClassifierModel`) of a classification task gets the task's
     class names, for its reports."""
     from bigssl_tasks import classification_tasks
 
     field = classification_tasks.field_of_kind(experiment.task_kind)
-    if field is None or not hasattr(model, "label_names"):
+    if field is None or not isinstance(model, base.ClassifierModel):
         return model
     names = classification_tasks.load_labels(data_dir, experiment.corpus, field)
     return dataclasses.replace(model, label_names=names)
 
 
 def with_vocabulary(model, corpus: str, data_dir, model_dir: str):
-    """A model that reads text (a `vocabulary` field left empty) gets the corpus vocabulary,
-    copied into the run directory so that the run alone can be evaluated or transcribed."""
+    """An ASR model (`models.asr.AsrModel`) whose `vocabulary` is left empty gets the corpus
+    vocabulary, copied into the run directory so that the run alone can be evaluated or
+    transcribed."""
     import jax
 
     from bigssl_tasks import vocab
 
-    if not hasattr(model, "vocabulary") or model.vocabulary:
+    if not isinstance(model, asr.AsrModel) or model.vocabulary:
         return model
     source = vocab.vocab_path(data_dir, corpus, model.vocab_size)
     if not source.exists():
@@ -189,9 +196,10 @@ def register_pseudo_labeled_tasks(experiment: ExperimentConfig) -> list[str]:
 
 def eval_input_config(make_input: InputFactory, task: str, model):
     """The 'eval' input config of `task`: one pass, in order, keeping the string fields
-    `model.score` reads (`score_fields`, e.g. ids and reference texts)."""
+    `model.score` reads (an ASR model's `score_fields`, e.g. ids and reference texts)."""
     config = make_input("eval", task=task, shuffle=False, num_epochs=1)
-    fields = tuple(dict.fromkeys(config.keep_fields + getattr(model, "score_fields", ())))
+    score_fields = model.score_fields if isinstance(model, asr.AsrModel) else ()
+    fields = tuple(dict.fromkeys(config.keep_fields + score_fields))
     return dataclasses.replace(config, keep_fields=fields)
 
 

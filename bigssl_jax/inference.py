@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from etils import epath
 
 from bigssl_jax import checkpointing
+from bigssl_jax.models import asr
 
 CONFIG_FILE = "config.gin"  # a run's gin bindings (`gin_utils.write_config`)
 VOCABULARY_FILE = "vocabulary.model"
@@ -75,7 +76,7 @@ def example_batch(batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
 def with_run_vocabulary(model: Any, run_dir: epath.Path) -> Any:
     """`model` with `vocabulary` = the run's copy, when the model reads text and has none."""
     vocabulary = run_dir / VOCABULARY_FILE
-    if hasattr(model, "vocabulary") and not model.vocabulary and vocabulary.exists():
+    if isinstance(model, asr.AsrModel) and not model.vocabulary and vocabulary.exists():
         return dataclasses.replace(model, vocabulary=str(vocabulary))
     return model
 
@@ -132,7 +133,7 @@ def with_fusion_lm(model: Any, lm: LoadedModel | None, lm_weight: float | None):
     hypothesis the search can build).
 
     Args:
-      model: an ASR model with `decoding` and `lm` fields, beam search configured.
+      model: an `asr.AsrModel`, beam search configured.
       lm: the loaded LM run (`load_model` of its `LmTrainModel`); None returns `model`
         with only `lm_weight` applied (unchanged when `lm_weight` is None too).
       lm_weight: the fusion weight; None keeps `model.decoding.lm_weight`.
@@ -143,7 +144,7 @@ def with_fusion_lm(model: Any, lm: LoadedModel | None, lm_weight: float | None):
     """
     if lm is None and lm_weight is None:
         return model
-    if not hasattr(model, "decoding"):
+    if not isinstance(model, asr.AsrModel):
         raise ValueError(f"{type(model).__name__} does not decode: no LM to fuse into")
     decoding = model.decoding
     if lm_weight is not None:
@@ -152,7 +153,7 @@ def with_fusion_lm(model: Any, lm: LoadedModel | None, lm_weight: float | None):
         return dataclasses.replace(model, decoding=decoding)
     if decoding.beam_size == 1:
         raise ValueError("fusing an LM needs beam search: pass --beam_size > 1")
-    if not hasattr(lm.model, "fusion_lm"):
+    if not isinstance(lm.model, asr.FusionLmModel):
         raise ValueError(f"{lm.run_dir} is not a `bigssl train-lm` run (no fusion_lm)")
     config = lm.model.config
     if config.vocab_size != model.vocab_size:

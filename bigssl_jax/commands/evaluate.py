@@ -105,7 +105,7 @@ def evaluate(
         "params": loaded.params_source,
         "results": results,
     }
-    if hasattr(model, "decoding"):
+    if isinstance(model, asr.AsrModel):
         summary["decoding"] = dataclasses.asdict(model.decoding)
         summary["lm"] = str(lm_step_dir or "")
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -91,7 +91,7 @@ def main(argv) -> int:
     try:
         loaded = gin_utils.load_model(common_flags.CHECKPOINT.value)
         model = asr.with_beam_size(loaded.model, common_flags.BEAM_SIZE.value)
-        if not hasattr(model, "decode"):
+        if not isinstance(model, asr.AsrModel):
             raise ValueError(f"the model of {loaded.run_dir} does not transcribe (no decode)")
         lm_checkpoint = common_flags.LM_CHECKPOINT.value
         lm = gin_utils.load_model(lm_checkpoint, own_config=True) if lm_checkpoint else None

@@ -39,10 +39,9 @@ import jax.numpy as jnp
 
 from bigssl_jax.layers import frontend, masking, quantizers
 from bigssl_jax.losses import ssl_losses
+from bigssl_jax.models import base
 from bigssl_jax.models import encoder as encoder_lib
 
-Batch = Mapping[str, jax.Array]
-Metrics = dict[str, jax.Array]
 RNG_STREAMS = ("masking", "dropout")
 
 
@@ -222,11 +221,11 @@ class BestRqModel(nn.Module):
 def loss_fn(
     model: BestRqModel,
     variables: Mapping[str, Any],
-    batch: Batch,
+    batch: base.Batch,
     rng: jax.Array,
     *,
     train: bool = True,
-) -> tuple[jax.Array, Metrics]:
+) -> tuple[jax.Array, base.Metrics]:
     """BEST-RQ loss of a batch.
 
     Args:
@@ -275,7 +274,7 @@ class BestRqTrainModel:
     def module(self) -> BestRqModel:
         return BestRqModel(encoder=self.encoder, objective=self.objective, log_mel=self.log_mel)
 
-    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+    def init_variables(self, rng: jax.Array, batch: base.Batch) -> dict[str, Any]:
         """{'params': boxed params, 'frozen': the quantiser}; only batch shapes matter."""
         params_rng, masking_rng = jax.random.split(rng)
         audio = jnp.zeros(batch["audio"].shape, jnp.float32)
@@ -283,8 +282,8 @@ class BestRqTrainModel:
         return dict(self.module.init(rngs, audio, jnp.zeros_like(audio), train=False))
 
     def loss(
-        self, variables: Mapping[str, Any], batch: Batch, rng: jax.Array, *, step, train: bool
-    ) -> tuple[jax.Array, Metrics]:
+        self, variables: Mapping[str, Any], batch: base.Batch, rng: jax.Array, *, step, train: bool
+    ) -> tuple[jax.Array, base.Metrics]:
         """`loss_fn`, with the masked-frame count as the loss weight (`base.LOSS_WEIGHT`)."""
         del step
         loss, metrics = loss_fn(self.module, variables, batch, rng, train=train)

@@ -38,8 +38,6 @@ from bigssl_jax.losses import ssl_losses
 from bigssl_jax.models import base, best_rq, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
 
-Batch = Mapping[str, jax.Array]
-Metrics = dict[str, jax.Array]
 RNG_STREAMS = wav2vec2.RNG_STREAMS
 
 
@@ -168,13 +166,13 @@ class W2vBertModel(nn.Module):
 def loss_fn(
     model: W2vBertModel,
     variables: Mapping[str, Any],
-    batch: Batch,
+    batch: base.Batch,
     rng: jax.Array,
     *,
     step: jax.Array | int,
     train: bool = True,
     weights: ssl_losses.SSLLossWeights = wav2vec2.DEFAULT_WEIGHTS,
-) -> tuple[jax.Array, Metrics]:
+) -> tuple[jax.Array, base.Metrics]:
     """w2v-BERT loss: L = w_c L_contrastive + w_d L_diversity + w_m L_mlm (float32).
 
     Args:
@@ -227,13 +225,13 @@ class W2vBertTrainModel:
     def module(self) -> W2vBertModel:
         return W2vBertModel(encoder=self.encoder, objective=self.objective, log_mel=self.log_mel)
 
-    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+    def init_variables(self, rng: jax.Array, batch: base.Batch) -> dict[str, Any]:
         """{'params': boxed params}; only batch shapes matter."""
         return wav2vec2.init_variables(self.module, rng, batch)
 
     def loss(
-        self, variables: Mapping[str, Any], batch: Batch, rng: jax.Array, *, step, train: bool
-    ) -> tuple[jax.Array, Metrics]:
+        self, variables: Mapping[str, Any], batch: base.Batch, rng: jax.Array, *, step, train: bool
+    ) -> tuple[jax.Array, base.Metrics]:
         """`loss_fn`, with the masked-frame count as the loss weight."""
         loss, metrics = loss_fn(
             self.module, variables, batch, rng, step=step, train=train, weights=self.loss_weights

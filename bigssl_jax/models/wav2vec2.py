@@ -49,8 +49,6 @@ from bigssl_jax.losses import ssl_losses
 from bigssl_jax.models import base
 from bigssl_jax.models import encoder as encoder_lib
 
-Batch = Mapping[str, jax.Array]
-Metrics = dict[str, jax.Array]
 RNG_STREAMS = ("masking", "dropout", "gumbel")
 DEFAULT_WEIGHTS = ssl_losses.SSLLossWeights()
 
@@ -342,7 +340,7 @@ def masked_contrastive_forward(
     return out, stages
 
 
-def init_variables(model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+def init_variables(model: nn.Module, rng: jax.Array, batch: base.Batch) -> dict[str, Any]:
     """{'params': boxed params} of `Wav2Vec2Model` or `w2v_bert.W2vBertModel`.
 
     Args:
@@ -372,7 +370,7 @@ def contrastive_terms(
     targets: Targets,
     mask: jax.Array,
     rng: jax.Array,
-) -> tuple[dict[str, jax.Array], Metrics]:
+) -> tuple[dict[str, jax.Array], base.Metrics]:
     """The contrastive and (with a codebook) diversity losses, and their metrics.
 
     Args:
@@ -405,13 +403,13 @@ def contrastive_terms(
 def loss_fn(
     model: Wav2Vec2Model,
     variables: Mapping[str, Any],
-    batch: Batch,
+    batch: base.Batch,
     rng: jax.Array,
     *,
     step: jax.Array | int,
     train: bool = True,
     weights: ssl_losses.SSLLossWeights = DEFAULT_WEIGHTS,
-) -> tuple[jax.Array, Metrics]:
+) -> tuple[jax.Array, base.Metrics]:
     """wav2vec 2.0 loss of a batch: L = w_c L_contrastive + w_d L_diversity (float32).
 
     Args:
@@ -464,13 +462,13 @@ class Wav2Vec2TrainModel:
     def module(self) -> Wav2Vec2Model:
         return Wav2Vec2Model(encoder=self.encoder, objective=self.objective, log_mel=self.log_mel)
 
-    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+    def init_variables(self, rng: jax.Array, batch: base.Batch) -> dict[str, Any]:
         """{'params': boxed params}; only batch shapes matter."""
         return init_variables(self.module, rng, batch)
 
     def loss(
-        self, variables: Mapping[str, Any], batch: Batch, rng: jax.Array, *, step, train: bool
-    ) -> tuple[jax.Array, Metrics]:
+        self, variables: Mapping[str, Any], batch: base.Batch, rng: jax.Array, *, step, train: bool
+    ) -> tuple[jax.Array, base.Metrics]:
         """`loss_fn`, with the masked-frame count as the loss weight."""
         loss, metrics = loss_fn(
             self.module, variables, batch, rng, step=step, train=train, weights=self.loss_weights
