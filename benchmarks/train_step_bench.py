@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 
 from bigssl_jax import aot, flops, optimizers, trainer  # noqa: E402
 from bigssl_jax.layers import frontend  # noqa: E402
+from bigssl_jax.models import best_rq
 from bigssl_jax.models import encoder as encoder_lib  # noqa: E402
-from bigssl_jax.models import pretrain_step  # noqa: E402
 
 CONFIGS = {
     # gin/models/smoke.gin
@@ -71,8 +71,8 @@ def bench_config(
 ) -> dict:
     """Compiles and times the pre-training step for one encoder; see the module docstring."""
     config = dataclasses.replace(config, scan_layers=False)
-    objective = pretrain_step.BestRqConfig()
-    model = pretrain_step.BestRqTrainModel(encoder=config, objective=objective)
+    objective = best_rq.BestRqConfig()
+    model = best_rq.BestRqTrainModel(encoder=config, objective=objective)
     num_samples = round(seconds * aot.SAMPLE_RATE)
     rng = np.random.default_rng(0)
     batch = {

@@ -54,7 +54,7 @@ from jax.sharding import PartitionSpec as P
 from bigssl_jax import flops as flops_lib
 from bigssl_jax import optimizers, partitioning, trainer
 from bigssl_jax.layers import frontend
-from bigssl_jax.models import base, ctc_model, pretrain_step
+from bigssl_jax.models import base, best_rq, ctc_model
 from bigssl_jax.models import encoder as encoder_lib
 
 GIB = 2**30
@@ -446,7 +446,7 @@ def analytic_flops(model: base.TrainModel, num_frames: int, batch_size: int) -> 
     any other model (wav2vec 2.0, w2v-BERT, RNN-T, classifiers) the encoder alone, whose
     blocks are nearly all of the work at these sizes.
     """
-    if isinstance(model, pretrain_step.BestRqTrainModel):
+    if isinstance(model, best_rq.BestRqTrainModel):
         counts = flops_lib.best_rq_train_step_flops(
             model.encoder, model.objective, num_frames, batch_size
         )
@@ -506,19 +506,19 @@ def _describe(
     }
 
 
-def _log_mel(model: base.TrainModel) -> frontend.LogMelConfig:
-    return getattr(model, "log_mel", None) or frontend.LogMelConfig()
+def _log_mel(model: base.EncoderModel) -> frontend.LogMelConfig:
+    return model.log_mel or frontend.LogMelConfig()
 
 
 def best_rq_model(
     encoder_config: encoder_lib.EncoderConfig,
-    objective: pretrain_step.BestRqConfig | None = None,
+    objective: best_rq.BestRqConfig | None = None,
     log_mel: frontend.LogMelConfig | None = None,
-) -> pretrain_step.BestRqTrainModel:
+) -> best_rq.BestRqTrainModel:
     """The BEST-RQ model `bigssl compile` builds when the gin binds no experiment model."""
-    return pretrain_step.BestRqTrainModel(
+    return best_rq.BestRqTrainModel(
         encoder=encoder_config,
-        objective=objective or pretrain_step.BestRqConfig(),
+        objective=objective or best_rq.BestRqConfig(),
         log_mel=log_mel or frontend.LogMelConfig(),
     )
 
@@ -556,7 +556,7 @@ def compile_report(
       RuntimeError: without libtpu. ValueError: for a model without an audio encoder, a bad
       topology, mesh or batch size.
     """
-    if not isinstance(getattr(model, "encoder", None), encoder_lib.EncoderConfig):
+    if not isinstance(model, base.EncoderModel):
         raise ValueError(f"{type(model).__name__} has no audio encoder to compile")
     optimizer = optimizer or optimizers.OptimizerConfig()
     topology = parse_topology(config.topology, config.num_slices)

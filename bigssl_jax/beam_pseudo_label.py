@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from bigssl_jax import inference, paths
+    from bigssl_jax import gin_utils, inference, paths
     from bigssl_jax.data import registry as registry_lib
     from bigssl_jax.data import schema
     from bigssl_tasks import corpus_tasks
@@ -139,11 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         task = corpus_tasks.task_name(args.corpus, args.split, "unlabeled")
         # Resolved once: every worker fuses the step the manifest names.
         lm_step_dir = inference.resolve_lm_checkpoint(args.lm_checkpoint)
-        teacher_spec = pseudo_label.TeacherSpec(
+        teacher_spec = pseudo_label.TeacherSpec(  # the models built here, from the runs' gin
             args.checkpoint,
+            gin_utils.run_model(args.checkpoint),
             beam_size=args.beam_size,
             max_output_length=args.max_output_length,
             lm_checkpoint=lm_step_dir,
+            lm_model=gin_utils.fusion_lm_model(lm_step_dir),
             lm_weight=args.lm_weight,
         )
         teacher = teacher_spec.load()  # checked here; its settings and name go into the job

@@ -8,19 +8,10 @@ Each wrapped name equals the class name, so gin files read `EncoderConfig.num_la
 
 import gin
 
-from bigssl_jax import aot, input_pipeline, optimizers, partitioning, trainer
-from bigssl_jax.layers import frontend
-from bigssl_jax.models import (
-    asr,
-    ctc_model,
-    encoder,
-    pretrain_step,
-    rnnt_decoder,
-    rnnt_model,
-    ssl_losses,
-    w2v_bert,
-    wav2vec2,
-)
+from bigssl_jax import aot, experiment, input_pipeline, optimizers, partitioning, trainer
+from bigssl_jax.layers import frontend, rnnt_decoder
+from bigssl_jax.losses import ssl_losses
+from bigssl_jax.models import asr, best_rq, ctc_model, encoder, rnnt_model, w2v_bert, wav2vec2
 
 
 def _register(cls, name: str | None = None):
@@ -42,8 +33,8 @@ InputConfig = _register(input_pipeline.InputConfig)
 
 # --- self-supervised objectives ------------------------------------------------------------
 SSLLossWeights = _register(ssl_losses.SSLLossWeights)
-BestRqConfig = _register(pretrain_step.BestRqConfig)
-BestRqTrainModel = _register(pretrain_step.BestRqTrainModel)
+BestRqConfig = _register(best_rq.BestRqConfig)
+BestRqTrainModel = _register(best_rq.BestRqTrainModel)
 Wav2Vec2Config = _register(wav2vec2.Wav2Vec2Config)
 Wav2Vec2TrainModel = _register(wav2vec2.Wav2Vec2TrainModel)
 W2vBertConfig = _register(w2v_bert.W2vBertConfig)
@@ -55,10 +46,10 @@ CtcTrainModel = _register(ctc_model.CtcTrainModel)
 RnntDecoderConfig = _register(rnnt_decoder.RnntDecoderConfig)
 RnntTrainModel = _register(rnnt_model.RnntTrainModel)
 
-# --- training (bigssl_jax.trainer, bigssl_jax.optimizers) ----------------------------------
+# --- training (bigssl_jax.trainer, optimizers, experiment) ----------------------------------
 OptimizerConfig = _register(optimizers.OptimizerConfig)
 TrainerConfig = _register(trainer.TrainerConfig)
-ExperimentConfig = _register(trainer.ExperimentConfig)
+ExperimentConfig = _register(experiment.ExperimentConfig)
 
 # --- ahead-of-time compilation (bigssl_jax.aot) --------------------------------------------
 CompileConfig = _register(aot.CompileConfig)

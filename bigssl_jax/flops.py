@@ -34,8 +34,8 @@ BEST-RQ quantiser once (forward only).
 
 import math
 
+from bigssl_jax.models import best_rq
 from bigssl_jax.models import encoder as encoder_lib
-from bigssl_jax.models import pretrain_step
 
 BLOCK_TERMS = (
     "ffn",
@@ -144,11 +144,11 @@ def train_step_flops(
 
 def best_rq_train_step_flops(
     config: encoder_lib.EncoderConfig,
-    objective: pretrain_step.BestRqConfig,
+    objective: best_rq.BestRqConfig,
     num_frames: int,
     batch_size: int,
 ) -> dict[str, float]:
-    """Model FLOPs of one BEST-RQ pre-training step (`models.pretrain_step`); see above.
+    """Model FLOPs of one BEST-RQ pre-training step (`models.best_rq`); see above.
 
     Args:
       config: the encoder.
@@ -159,7 +159,7 @@ def best_rq_train_step_flops(
     Returns:
       As `train_step_flops`.
     """
-    stride = pretrain_step.encoder_stride(config)
+    stride = best_rq.encoder_stride(config)
     quantizer = best_rq_quantizer_flops(
         stride * config.input_dim,
         math.ceil(num_frames / stride),

@@ -3,7 +3,9 @@
 Library code never reads gin. Entry points (`bigssl <command>`) call `parse` once,
 after `bigssl_jax.configurables` has registered every configurable, and
 `write_config` / `write_operative_config` to leave the config beside the run (the run
-directory may be a `gs://` URI; in a multi-process job process 0 writes).
+directory may be a `gs://` URI; in a multi-process job process 0 writes). A command that
+loads a trained run rebuilds its model here, from the run's `config.gin` (`run_model`,
+`load_model`), and hands the model to `bigssl_jax.inference`.
 
 Gin files are looked up as given, then relative to the repository's `gin/` folder
 (so `--gin_file=models/L.gin` works from any directory), then under each folder of
@@ -163,3 +165,73 @@ def _write(model_dir: os.PathLike | str, name: str, text: str) -> epath.Path:
         tmp.write_text(text)
         tmp.replace(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------
+# Trained runs: their models, rebuilt from the gin they were trained with.
+# ---------------------------------------------------------------------------------------
+
+
+def run_model(checkpoint: os.PathLike | str, *, own_config: bool = False):
+    """`ExperimentConfig.model` of a run, built from its `config.gin`.
+
+    Args:
+      checkpoint: a run directory, its `checkpoints/` or one step directory.
+      own_config: build it from the run's own config alone, in a gin cleared before and
+        after (a fused LM, read after everything else was read from gin); else the run's
+        config is parsed only when no gin was parsed yet (a command's `--gin_file`
+        describes the run instead).
+
+    Raises:
+      FileNotFoundError: no finalised checkpoint, or no config.gin to rebuild the model.
+      GinConfigError: the run's config does not parse.
+      ValueError: the gin binds no `ExperimentConfig.model`.
+    """
+    from bigssl_jax import checkpointing, configurables, inference
+
+    step_dir = checkpointing.resolve_init_checkpoint(checkpoint)
+    run_dir = inference.run_dir_of(step_dir)
+    if own_config:
+        gin.clear_config()
+    if not gin.config_str().strip():
+        config = run_dir / inference.CONFIG_FILE
+        if not config.exists():
+            raise FileNotFoundError(f"{config} not found: pass the run's gin with --gin_file")
+        parse([str(config)])
+    model = configurables.ExperimentConfig().model
+    if own_config:
+        gin.clear_config()
+    if model is None:
+        raise ValueError(f"the gin config of {run_dir} binds no ExperimentConfig.model")
+    return model
+
+
+def load_model(checkpoint: os.PathLike | str, *, ema: bool = True, own_config: bool = False):
+    """`inference.load_model` of the run at `checkpoint` with its model from `run_model`."""
+    from bigssl_jax import inference
+
+    model = run_model(checkpoint, own_config=own_config)
+    return inference.load_model(checkpoint, model, ema=ema)
+
+
+def load_fusion_lm(checkpoint: os.PathLike | str | None):
+    """The LM a resolved `--lm_checkpoint` names (`inference.resolve_lm_checkpoint`), or None:
+    an n-gram run's counted LM (`inference.load_ngram_run`), or a Transformer LM run restored
+    with the model of its own config (gin cleared before and after)."""
+    from bigssl_jax import inference
+
+    if not checkpoint:
+        return None
+    if inference.is_ngram_run(checkpoint):
+        return inference.load_ngram_run(checkpoint)
+    return load_model(checkpoint, own_config=True)
+
+
+def fusion_lm_model(checkpoint: os.PathLike | str | None):
+    """The model of a Transformer LM run to fuse (`run_model` of its own config); None for no
+    LM or an n-gram run (which has no model to build)."""
+    from bigssl_jax import inference
+
+    if not checkpoint or inference.is_ngram_run(checkpoint):
+        return None
+    return run_model(checkpoint, own_config=True)

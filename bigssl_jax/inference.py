@@ -1,22 +1,23 @@
 """Loading a trained model for inference: evaluate, transcribe, pseudo-label, embed.
 
-    loaded = inference.load_model("/runs/ctc")        # a run dir, its checkpoints/ or a step
+    model = gin_utils.run_model("/runs/ctc")          # at the seam: from the run's gin
+    loaded = inference.load_model("/runs/ctc", model) # a run dir, its checkpoints/ or a step
     tokens, paddings, scores = jax.jit(loaded.model.decode)(loaded.variables, audio, pad)
 
 A run directory (`bigssl train --model_dir=RUN`) holds `config.gin` (every binding of the
 run, written before training), `checkpoints/<step>/` and, for models that read text,
-`vocabulary.model` (the corpus vocabulary copied at the start of training). `load_model`
-rebuilds `ExperimentConfig.model` from that gin (unless gin was already parsed by the
-caller, e.g. from `--gin_file`), points its `vocabulary` at the run's copy, and restores
-the params of the chosen step (the latest unless a step directory is given): the EMA of
-its params when the run kept one (`OptimizerConfig.ema_decay`), unless `ema=False`.
-Variables are placed on one device.
+`vocabulary.model` (the corpus vocabulary copied at the start of training). The model
+wrapper is built at the seam from that gin (`gin_utils.run_model`: this module reads no
+gin); `load_model` points its `vocabulary` at the run's copy and restores the params of the
+chosen step (the latest unless a step directory is given): the EMA of its params when the
+run kept one (`OptimizerConfig.ema_decay`), unless `ema=False`. Variables are placed on one
+device.
 
-`with_fusion_lm` shallow-fuses the Transformer LM of a `bigssl train-lm` run, or the token
-n-gram LM of a `bigssl train-ngram` run, into an ASR model's beam search (evaluate,
-transcribe and pseudo-label share it):
+`with_fusion_lm` shallow-fuses the Transformer LM of a loaded `bigssl train-lm` run, or the
+token n-gram LM of a `bigssl train-ngram` run (`load_ngram_run`), into an ASR model's beam
+search (evaluate, transcribe and pseudo-label share it):
 
-    model = inference.with_fusion_lm(loaded.model, "/runs/lm", lm_weight=0.3)
+    model = inference.with_fusion_lm(loaded.model, loaded_lm, lm_weight=0.3)
 """
 
 import dataclasses
@@ -29,8 +30,9 @@ import jax.numpy as jnp
 from etils import epath
 
 from bigssl_jax import checkpointing
+from bigssl_jax.models import asr
 
-CONFIG_FILE = "config.gin"
+CONFIG_FILE = "config.gin"  # a run's gin bindings (`gin_utils.write_config`)
 VOCABULARY_FILE = "vocabulary.model"
 NGRAM_FILE = "ngram_lm.npz"  # what `bigssl train-ngram` writes into its run dir
 # The shapes `init_variables` sees; parameter shapes do not depend on them.
@@ -76,25 +78,9 @@ def example_batch(batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
 def with_run_vocabulary(model: Any, run_dir: epath.Path) -> Any:
     """`model` with `vocabulary` = the run's copy, when the model reads text and has none."""
     vocabulary = run_dir / VOCABULARY_FILE
-    if hasattr(model, "vocabulary") and not model.vocabulary and vocabulary.exists():
+    if isinstance(model, asr.AsrModel) and not model.vocabulary and vocabulary.exists():
         return dataclasses.replace(model, vocabulary=str(vocabulary))
     return model
-
-
-def _parse_run_config(run_dir: epath.Path) -> None:
-    import gin
-
-    from bigssl_jax import (
-        configurables,  # noqa: F401  (registers the configurables)
-        gin_utils,
-    )
-
-    if gin.config_str().strip():
-        return  # the caller parsed gin (e.g. --gin_file)
-    config = run_dir / CONFIG_FILE
-    if not config.exists():
-        raise FileNotFoundError(f"{config} not found: pass the run's gin with --gin_file")
-    gin_utils.parse([str(config)])
 
 
 def restore_variables(model: Any, step_dir: epath.Path, *, ema: bool = True) -> dict[str, Any]:
@@ -119,33 +105,40 @@ def restore_variables(model: Any, step_dir: epath.Path, *, ema: bool = True) -> 
     return variables
 
 
-def load_model(checkpoint: os.PathLike | str, *, ema: bool = True) -> LoadedModel:
+def load_model(checkpoint: os.PathLike | str, model: Any, *, ema: bool = True) -> LoadedModel:
     """Restores the model of a run (see the module docstring).
 
     Args:
       checkpoint: a run directory, its `checkpoints/` directory or one step directory
         (local or a URI such as `gs://bucket/runs/ctc`).
+      model: the run's model wrapper, built at the seam (`gin_utils.run_model`).
       ema: restore the EMA of the params when the run kept one; False: the params.
 
     Returns:
       The loaded model.
 
     Raises:
-      FileNotFoundError: no finalised checkpoint there, or no gin config to rebuild the model.
-      ValueError: the gin binds no `ExperimentConfig.model`.
+      FileNotFoundError: no finalised checkpoint there.
     """
     step_dir = checkpointing.resolve_init_checkpoint(checkpoint)
     run_dir = run_dir_of(step_dir)
-    _parse_run_config(run_dir)
-    from bigssl_jax import configurables
-
-    model = configurables.ExperimentConfig().model
-    if model is None:
-        raise ValueError(f"the gin config of {run_dir} binds no ExperimentConfig.model")
     model = with_run_vocabulary(model, run_dir)
     variables = restore_variables(model, step_dir, ema=ema)
     source = checkpointing.params_source(step_dir, ema=ema)
     return LoadedModel(model, variables, run_dir, int(step_dir.name), source)
+
+
+@dataclasses.dataclass(frozen=True)
+class NgramRun:
+    """The counted LM of a `bigssl train-ngram` run and where it came from."""
+
+    lm: Any  # decoding.ngram_lm.NgramLanguageModel
+    run_dir: epath.Path
+
+
+def is_ngram_run(checkpoint: os.PathLike | str) -> bool:
+    """Whether `checkpoint` is a `bigssl train-ngram` run directory."""
+    return (epath.Path(checkpoint) / NGRAM_FILE).exists()
 
 
 def resolve_lm_checkpoint(checkpoint: os.PathLike | str | None) -> str | None:
@@ -157,77 +150,72 @@ def resolve_lm_checkpoint(checkpoint: os.PathLike | str | None) -> str | None:
     """
     if not checkpoint:
         return None
-    if (epath.Path(checkpoint) / NGRAM_FILE).exists():
+    if is_ngram_run(checkpoint):
         return str(checkpoint)
     return str(checkpointing.resolve_init_checkpoint(checkpoint))
 
 
-def load_ngram_lm(run_dir: os.PathLike | str, model: Any):
-    """The n-gram LM of a `bigssl train-ngram` run, checked to share `model`'s vocabulary.
-
-    Raises:
-      ValueError: another vocabulary size, or another sentencepiece model than the one
-        `model` decodes into (when both runs carry theirs).
-    """
+def load_ngram_run(run_dir: os.PathLike | str) -> NgramRun:
+    """The LM of a `bigssl train-ngram` run (no gin: it has no model to build)."""
     from bigssl_jax.decoding import ngram_lm
 
     run_dir = epath.Path(run_dir)
-    lm = ngram_lm.NgramLanguageModel.load(run_dir / NGRAM_FILE)
-    if lm.vocab_size != model.vocab_size:
+    return NgramRun(ngram_lm.NgramLanguageModel.load(run_dir / NGRAM_FILE), run_dir)
+
+
+def _fused_ngram(model: Any, run: NgramRun) -> Any:
+    """`run.lm`, checked to share `model`'s vocabulary (size, and the sentencepiece model
+    when both runs carry theirs)."""
+    if run.lm.vocab_size != model.vocab_size:
         raise ValueError(
-            f"the n-gram LM {run_dir} has {lm.vocab_size} tokens, the ASR model "
+            f"the n-gram LM {run.run_dir} has {run.lm.vocab_size} tokens, the ASR model "
             f"{model.vocab_size}: they must share the vocabulary"
         )
-    ours, theirs = getattr(model, "vocabulary", None), run_dir / VOCABULARY_FILE
+    ours, theirs = model.vocabulary, run.run_dir / VOCABULARY_FILE
     if ours and theirs.exists() and epath.Path(ours).read_bytes() != theirs.read_bytes():
-        raise ValueError(f"the n-gram LM {run_dir} was counted in another vocabulary")
-    return lm
+        raise ValueError(f"the n-gram LM {run.run_dir} was counted in another vocabulary")
+    return run.lm
 
 
-def with_fusion_lm(model: Any, checkpoint: os.PathLike | str | None, lm_weight: float | None):
-    """`model` (CTC or RNN-T) shallow-fused with the LM of a `bigssl train-lm` run, or with
-    the n-gram LM of a `bigssl train-ngram` run (a directory holding `NGRAM_FILE`).
+def with_fusion_lm(model: Any, lm: LoadedModel | NgramRun | None, lm_weight: float | None):
+    """`model` (CTC or RNN-T) shallow-fused with the LM of a `bigssl train-lm` run or of a
+    `bigssl train-ngram` run.
 
     The LM's cache holds `model.decoding.max_output_length + 1` positions (the longest
-    hypothesis the search can build). Loading the LM parses its run's `config.gin` after
-    clearing gin, so the caller reads everything it needs from gin first.
+    hypothesis the search can build).
 
     Args:
-      model: an ASR model with `decoding` and `lm` fields, beam search configured.
-      checkpoint: the LM run (run, checkpoints/ or step directory); None returns `model`
+      model: an `asr.AsrModel`, beam search configured.
+      lm: the loaded LM run (`load_model` of its `LmTrainModel`, or `load_ngram_run`); None
+        returns `model`
         with only `lm_weight` applied (unchanged when `lm_weight` is None too).
       lm_weight: the fusion weight; None keeps `model.decoding.lm_weight`.
 
     Raises:
-      FileNotFoundError: no finalised checkpoint at `checkpoint`.
       ValueError: a model that does not decode, not an LM run, a different vocabulary size,
         or greedy decoding (shallow fusion is a beam-search feature).
     """
-    if checkpoint is None and lm_weight is None:
+    if lm is None and lm_weight is None:
         return model
-    if not hasattr(model, "decoding"):
+    if not isinstance(model, asr.AsrModel):
         raise ValueError(f"{type(model).__name__} does not decode: no LM to fuse into")
     decoding = model.decoding
     if lm_weight is not None:
         decoding = dataclasses.replace(decoding, lm_weight=lm_weight)
-    if checkpoint is None:
+    if lm is None:
         return dataclasses.replace(model, decoding=decoding)
     if decoding.beam_size == 1:
-        raise ValueError(f"fusing the LM {checkpoint} needs beam search: pass --beam_size > 1")
-    if (epath.Path(checkpoint) / NGRAM_FILE).exists():
-        return dataclasses.replace(model, decoding=decoding, lm=load_ngram_lm(checkpoint, model))
-    import gin
-
-    gin.clear_config()
-    loaded = load_model(checkpoint)
-    if not hasattr(loaded.model, "fusion_lm"):
-        raise ValueError(f"{checkpoint} is not a `bigssl train-lm` run (no fusion_lm)")
-    config = loaded.model.config
+        raise ValueError("fusing an LM needs beam search: pass --beam_size > 1")
+    if isinstance(lm, NgramRun):
+        return dataclasses.replace(model, decoding=decoding, lm=_fused_ngram(model, lm))
+    if not isinstance(lm.model, asr.FusionLmModel):
+        raise ValueError(f"{lm.run_dir} is not a `bigssl train-lm` run (no fusion_lm)")
+    config = lm.model.config
     if config.vocab_size != model.vocab_size:
         raise ValueError(
-            f"the LM {checkpoint} has {config.vocab_size} tokens, the ASR model "
+            f"the LM {lm.run_dir} has {config.vocab_size} tokens, the ASR model "
             f"{model.vocab_size}: they must share the vocabulary"
         )
     max_length = min(decoding.max_output_length + 1, config.max_length)
-    lm = loaded.model.fusion_lm(loaded.variables, max_length=max_length)
-    return dataclasses.replace(model, decoding=decoding, lm=lm)
+    fused = lm.model.fusion_lm(lm.variables, max_length=max_length)
+    return dataclasses.replace(model, decoding=decoding, lm=fused)

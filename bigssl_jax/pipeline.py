@@ -647,9 +647,9 @@ def prepare_inputs(preset: PipelinePreset, *, data_dir: os.PathLike, seed: int, 
 
     Raises:
       StageError: a batch of the labeled or unlabeled task could not be read (the
-        reason is on stderr).
+        message says why).
     """
-    from bigssl_jax.commands import show_batches
+    from bigssl_jax import experiment
 
     root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
     start = time.perf_counter()
@@ -668,16 +668,17 @@ def prepare_inputs(preset: PipelinePreset, *, data_dir: os.PathLike, seed: int, 
     ensure_vocabulary(data_dir, corpus, preset.vocab_size, text_file=text_only_file(root))
     for kind in ("labeled", "unlabeled"):
         task = f"{corpus}_{kind}_{kind}"
-        status = show_batches.show_batches(
-            corpus,
-            data_dir=data_dir,
-            task=task,
-            num_batches=1,
-            batch_size=preset.batch_size,
-            vocab_size=preset.vocab_size,
-        )
-        if status:
-            raise StageError(f"stage 'batches' failed: no batch of task {task} (exit {status})")
+        try:
+            experiment.show_batches(
+                corpus,
+                data_dir=data_dir,
+                task=task,
+                num_batches=1,
+                batch_size=preset.batch_size,
+                vocab_size=preset.vocab_size,
+            )
+        except experiment.BatchesError as error:
+            raise StageError(f"stage 'batches' failed: no batch of task {task}: {error}") from error
     return corpus
 
 

@@ -104,38 +104,6 @@ class TrainerConfig:
     async_checkpointing: bool = True
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ExperimentConfig:
-    """What `bigssl train` trains on: a corpus's tasks and a model.
-
-    Attributes:
-      corpus: a registered corpus (its tasks are registered by the command).
-      model: a `models.base.TrainModel` (e.g. gin's `@BestRqTrainModel()`).
-      train_split: the corpus split trained on.
-      eval_split: the split evaluated on; None for no evaluation.
-      task_kind: 'unlabeled' (audio only) or 'labeled' (audio + targets).
-      pseudo_labels: output directories of `bigssl pseudo-label` (their `manifest.json`):
-        their tasks are mixed into every training batch (the noisy student).
-      mix_ratios: with `pseudo_labels`, the in-batch shares of the train split and of each
-        pseudo-labeled task, e.g. (1, 9) (`batch_mixing`); empty: equal shares.
-    """
-
-    corpus: str = ""
-    model: Any = None
-    train_split: str = "unlabeled"
-    eval_split: str | None = "dev"
-    task_kind: str = "unlabeled"
-    pseudo_labels: tuple[str, ...] = ()
-    mix_ratios: tuple[float, ...] = ()
-
-    def __post_init__(self):
-        if self.mix_ratios and len(self.mix_ratios) != 1 + len(self.pseudo_labels):
-            raise ValueError(
-                f"ExperimentConfig.mix_ratios {self.mix_ratios} needs one share for the train "
-                f"split and one per pseudo-labeled task ({len(self.pseudo_labels)})"
-            )
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     """How `train` ended: the final state, its step, whether it stopped for a signal."""

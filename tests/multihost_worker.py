@@ -106,15 +106,15 @@ def train(args, num_steps: int, evaluate: bool = True):
     import jax
 
     from bigssl_jax import optimizers, partitioning, trainer
-    from bigssl_jax.models import encoder, pretrain_step
+    from bigssl_jax.models import best_rq, encoder
     from bigssl_tasks import corpus_tasks
 
     corpus_tasks.register_corpus_tasks(CORPUS, data_dir=args.data_dir)
-    model = pretrain_step.BestRqTrainModel(
+    model = best_rq.BestRqTrainModel(
         encoder=encoder.EncoderConfig(
             input_dim=80, model_dim=32, num_layers=1, num_heads=2, subsampling_channels=8
         ),
-        objective=pretrain_step.BestRqConfig(codebook_size=32, span_length=2),
+        objective=best_rq.BestRqConfig(codebook_size=32, span_length=2),
     )
     eval_config = _input_config("dev", shuffle=False, num_epochs=1)
     steps = []

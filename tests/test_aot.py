@@ -11,7 +11,7 @@ import pytest
 
 from bigssl_jax import aot, gin_utils, partitioning
 from bigssl_jax.commands import compile as compile_command
-from bigssl_jax.models import ctc_model, pretrain_step, wav2vec2
+from bigssl_jax.models import best_rq, ctc_model, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
 
 GIB = 2**30
@@ -20,7 +20,7 @@ GIB = 2**30
 SMOKE = encoder_lib.EncoderConfig(
     model_dim=64, num_layers=2, num_heads=4, subsampling_channels=16, use_relative_position=True
 )
-SMALL_OBJECTIVE = pretrain_step.BestRqConfig(codebook_size=256)
+SMALL_OBJECTIVE = best_rq.BestRqConfig(codebook_size=256)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_compile_experiment_model(experiment_gin, gin_file, model_type, labeled,
 
 def test_without_experiment_model_compiles_best_rq(experiment_gin):
     model, labeled = experiment_gin("models/smoke.gin")
-    assert isinstance(model, pretrain_step.BestRqTrainModel) and not labeled
+    assert isinstance(model, best_rq.BestRqTrainModel) and not labeled
     assert model.encoder == SMOKE
 
 

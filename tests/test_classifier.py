@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from bigssl_jax.layers import frontend
-from bigssl_jax.models import base, classifier, pretrain_step
+from bigssl_jax.models import base, best_rq, classifier
 from bigssl_jax.models import encoder as encoder_lib
 
 ENCODER = encoder_lib.EncoderConfig(
@@ -88,8 +88,8 @@ def test_encoder_params_have_the_pretraining_tree():
     assert isinstance(model, base.TrainModel) and isinstance(model, base.ScoredModel)
     ours = jax.eval_shape(lambda k: nn.unbox(model.init_variables(k, batch)), jax.random.key(0))
     ours = ours["params"]
-    pretrain = pretrain_step.BestRqTrainModel(
-        encoder=ENCODER, objective=pretrain_step.BestRqConfig(codebook_size=16)
+    pretrain = best_rq.BestRqTrainModel(
+        encoder=ENCODER, objective=best_rq.BestRqConfig(codebook_size=16)
     )
     theirs = jax.eval_shape(
         lambda k: nn.unbox(pretrain.init_variables(k, batch)), jax.random.key(0)

@@ -15,7 +15,7 @@ import soundfile as sf
 from test_pseudo_label import ENCODER
 from test_pseudo_label_command import write_lm_run
 
-from bigssl_jax import checkpointing, inference
+from bigssl_jax import checkpointing, gin_utils, inference
 from bigssl_jax.models import ctc_model
 from bigssl_tasks import toy_corpus, vocab
 
@@ -180,9 +180,9 @@ def test_evaluate_fuses_a_counted_ngram_lm_of_the_same_vocabulary(ctc_run, data_
 def test_a_run_with_an_ema_serves_it_unless_asked_for_its_params(ctc_run):
     gin.clear_config()  # load_model parses the run's config.gin
     try:
-        served = inference.load_model(ctc_run)
+        served = gin_utils.load_model(ctc_run)
         gin.clear_config()
-        raw = inference.load_model(ctc_run, ema=False)
+        raw = gin_utils.load_model(ctc_run, ema=False)
     finally:
         gin.clear_config()
     assert (served.params_source, raw.params_source) == ("ema", "params")

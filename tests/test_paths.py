@@ -133,7 +133,7 @@ def test_checkpoints_found_and_read_in_a_bucket(tmp_path, bucket_root):
 
 
 def test_vocabulary_copied_into_a_bucket_run(tmp_path, bucket_root):
-    from bigssl_jax.commands import train
+    from bigssl_jax import experiment
     from bigssl_jax.models import asr
     from bigssl_tasks import vocab
 
@@ -145,7 +145,7 @@ def test_vocabulary_copied_into_a_bucket_run(tmp_path, bucket_root):
     source = vocab.vocab_path(tmp_path / "data", "tiny", 32)
     source.parent.mkdir(parents=True)
     source.write_bytes(b"sentencepiece bytes")
-    model = train._with_vocabulary(_TextModel(), "tiny", tmp_path / "data", "gs://bucket/run")
+    model = experiment.with_vocabulary(_TextModel(), "tiny", tmp_path / "data", "gs://bucket/run")
     assert model.vocabulary == "gs://bucket/run/vocabulary.model"
     assert (bucket_root / "bucket/run/vocabulary.model").read_bytes() == b"sentencepiece bytes"
     assert os.listdir(bucket_root / "bucket/run") == ["vocabulary.model"]

@@ -14,7 +14,8 @@ import tensorflow as tf
 from bigssl_jax import pseudo_label
 from bigssl_jax.decoding import lm_interface
 from bigssl_jax.evaluation import wer
-from bigssl_jax.models import asr, ctc_model, rnnt_decoder, rnnt_model
+from bigssl_jax.layers import rnnt_decoder
+from bigssl_jax.models import asr, ctc_model, rnnt_model
 from bigssl_jax.models import encoder as encoder_lib
 from bigssl_tasks import corpus_tasks, pseudo_labeled, toy_corpus, vocab
 

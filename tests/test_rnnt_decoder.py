@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bigssl_jax import partitioning
-from bigssl_jax.models import rnnt_decoder
+from bigssl_jax.layers import rnnt_decoder
 
 CONFIG = rnnt_decoder.RnntDecoderConfig(
     vocab_size=7, embed_dim=5, lstm_layers=2, lstm_dim=6, joint_dim=8, dropout_rate=0.5

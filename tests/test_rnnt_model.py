@@ -6,8 +6,9 @@ import numpy as np
 from test_ctc_model import ENCODER, _batch
 
 from bigssl_jax.decoding import rnnt_search
+from bigssl_jax.layers import rnnt_decoder
 from bigssl_jax.losses import ctc, rnnt
-from bigssl_jax.models import asr, base, rnnt_decoder, rnnt_model
+from bigssl_jax.models import asr, base, rnnt_model
 
 DECODER = rnnt_decoder.RnntDecoderConfig(
     vocab_size=40, embed_dim=16, lstm_layers=1, lstm_dim=24, joint_dim=24, dropout_rate=0.0

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigssl_jax.decoding import lm_interface, rnnt_search
+from bigssl_jax.layers import rnnt_decoder
 from bigssl_jax.losses import rnnt
-from bigssl_jax.models import rnnt_decoder
 
 D = 4
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigssl_jax.models import ssl_losses
+from bigssl_jax.losses import ssl_losses
 
 _contrastive = jax.jit(ssl_losses.contrastive_loss, static_argnames=("num_negatives",))
 _sample_negatives = jax.jit(ssl_losses.sample_negatives, static_argnames=("num_negatives",))

@@ -15,7 +15,8 @@ import optax
 import pytest
 
 from bigssl_jax import partitioning, trainer
-from bigssl_jax.models import base, ssl_losses, w2v_bert, wav2vec2
+from bigssl_jax.losses import ssl_losses
+from bigssl_jax.models import base, w2v_bert, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
 
 # gin/models/smoke.gin: 2 blocks, here 1 contrastive + 1 MLM.

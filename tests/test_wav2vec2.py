@@ -14,7 +14,8 @@ import numpy as np
 import optax
 
 from bigssl_jax import partitioning, trainer
-from bigssl_jax.models import base, ssl_losses, wav2vec2
+from bigssl_jax.losses import ssl_losses
+from bigssl_jax.models import base, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
 
 # gin/models/smoke.gin.

@@ -5,18 +5,19 @@
     bigssl evaluate --checkpoint=/runs/ctc --beam_size=8 --lm_checkpoint=/runs/lm --lm_weight=0.3
     bigssl evaluate --checkpoint=/runs/ctc_ema --noema      # the raw params of an EMA run
 
-Rebuilds the model from the run's `config.gin` (or `--gin_file`), restores the checkpoint
-(`bigssl_jax.inference`), and for each split runs `model.score` over the whole split (eval
-input settings from the gin's `eval/InputConfig`, one pass, no shuffling): WER and CER for
-ASR models, accuracy and a confusion matrix for classifiers. Writes per split
-`<output_dir>/<split>/` (the report's files: `wer.json`, `transcripts.tsv`, `worst.json` for
-ASR), `<output_dir>/results.json` with every split's metrics, the step directories scored
-(model and fused LM), which params ('ema' or 'params') and the decoding settings, and
-TensorBoard scalars `<split>/<metric>` at the checkpoint's step; prints one line per split.
-`--lm_checkpoint` (a `bigssl train-lm` run over the same vocabulary) shallow-fuses its LM
-into the beam search with weight `--lm_weight` (`inference.with_fusion_lm`). A run trained
-with `OptimizerConfig.ema_decay` is scored with the EMA of its params, as its own evaluations
-were; `--noema` scores its raw params instead (default output `<run>/evaluate/<step>-noema`).
+Rebuilds the model from the run's `config.gin` (or `--gin_file`; `gin_utils.run_model`),
+restores the checkpoint (`bigssl_jax.inference`), and for each split runs `model.score` over
+the whole split (eval input settings from the gin's `eval/InputConfig`, one pass, no
+shuffling): WER and CER for ASR models, accuracy and a confusion matrix for classifiers.
+Writes per split `<output_dir>/<split>/` (the report's files: `wer.json`, `transcripts.tsv`,
+`worst.json` for ASR), `<output_dir>/results.json` with every split's metrics, the step
+directories scored (model and fused LM), which params ('ema' or 'params') and the decoding
+settings, and TensorBoard scalars `<split>/<metric>` at the checkpoint's step; prints one
+line per split. `--lm_checkpoint` (a `bigssl train-lm` run over the same vocabulary)
+shallow-fuses its LM into the beam search with weight `--lm_weight`
+(`inference.with_fusion_lm`). A run trained with `OptimizerConfig.ema_decay` is scored with
+the EMA of its params, as its own evaluations were; `--noema` scores its raw params instead
+(default output `<run>/evaluate/<step>-noema`).
 
 Exit codes: 0 done; 1 a missing checkpoint, corpus or vocabulary (one line on stderr).
 """
@@ -60,25 +61,27 @@ def evaluate(
     import jax
     from clu import metric_writers
 
-    from bigssl_jax import checkpointing, configurables, inference, input_pipeline, paths
-    from bigssl_jax.commands import train as train_command
+    from bigssl_jax import checkpointing, configurables, gin_utils, inference, input_pipeline, paths
+    from bigssl_jax import experiment as experiment_lib
+    from bigssl_jax.commands import training
     from bigssl_jax.models import asr
-    from bigssl_tasks import corpus_tasks
 
-    loaded = inference.load_model(checkpoint, ema=ema)
+    loaded = gin_utils.load_model(checkpoint, ema=ema)
     model = asr.with_beam_size(loaded.model, beam_size)
     experiment = configurables.ExperimentConfig()
-    names = train_command.register_tasks(experiment, data_dir)
-    model = train_command.with_label_names(model, experiment, data_dir)
-    tasks = {s: corpus_tasks.task_name(experiment.corpus, s, experiment.task_kind) for s in splits}
+    names = experiment_lib.register_tasks(experiment, data_dir)
+    model = experiment_lib.with_label_names(model, experiment, data_dir)
+    make_input = training.gin_scoped(configurables.InputConfig)
+    tasks = {split: experiment_lib.task_name(experiment, split) for split in splits}
     inputs = {
-        split: train_command.eval_input_config(task, model)
+        split: experiment_lib.eval_input_config(make_input, task, model)
         for split, task in tasks.items()
         if task in names
     }
     # The LM's step is resolved once, so the step fused is the step results.json names.
     lm_step_dir = inference.resolve_lm_checkpoint(lm_checkpoint)
-    model = inference.with_fusion_lm(model, lm_step_dir, lm_weight)  # may clear gin
+    lm = gin_utils.load_fusion_lm(lm_step_dir)  # a Transformer LM's load clears gin
+    model = inference.with_fusion_lm(model, lm, lm_weight)
     default_dir = loaded.run_dir / "evaluate" / f"{loaded.step}{'' if ema else '-noema'}"
     output_dir = paths.as_path(output_dir or default_dir)
     writer = metric_writers.create_default_writer(
@@ -102,7 +105,7 @@ def evaluate(
         "params": loaded.params_source,
         "results": results,
     }
-    if hasattr(model, "decoding"):
+    if isinstance(model, asr.AsrModel):
         summary["decoding"] = dataclasses.asdict(model.decoding)
         summary["lm"] = str(lm_step_dir or "")
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

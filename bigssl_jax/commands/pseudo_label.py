@@ -52,16 +52,18 @@ _NORMALIZATION = flags.DEFINE_enum(
 
 def _teacher(checkpoint: str):
     """(the teacher with the decoding flags and fusion LM applied, the LM's identity)."""
-    from bigssl_jax import inference, pseudo_label
+    from bigssl_jax import gin_utils, inference, pseudo_label
 
     lm_checkpoint = common_flags.LM_CHECKPOINT.value
     # Resolved once: the step fused is the step the manifest names.
     lm_step_dir = inference.resolve_lm_checkpoint(lm_checkpoint)
     spec = pseudo_label.TeacherSpec(
         checkpoint,
+        gin_utils.run_model(checkpoint),
         beam_size=common_flags.BEAM_SIZE.value,
         max_output_length=_MAX_OUTPUT_LENGTH.value,
         lm_checkpoint=str(lm_step_dir) if lm_step_dir else None,
+        lm_model=gin_utils.fusion_lm_model(lm_step_dir),
         lm_weight=common_flags.LM_WEIGHT.value,
     )
     return spec.load(), str(lm_step_dir or "")

@@ -85,17 +85,17 @@ def main(argv) -> int:
     except audio_io.AudioError as error:
         print(f"transcribe: cannot read {error.detail} ({error.reason})", file=sys.stderr)
         return 1
-    from bigssl_jax import inference
+    from bigssl_jax import gin_utils, inference
     from bigssl_jax.models import asr
 
     try:
-        loaded = inference.load_model(common_flags.CHECKPOINT.value)
+        loaded = gin_utils.load_model(common_flags.CHECKPOINT.value)
         model = asr.with_beam_size(loaded.model, common_flags.BEAM_SIZE.value)
-        if not hasattr(model, "decode"):
+        if not isinstance(model, asr.AsrModel):
             raise ValueError(f"the model of {loaded.run_dir} does not transcribe (no decode)")
-        model = inference.with_fusion_lm(
-            model, common_flags.LM_CHECKPOINT.value, common_flags.LM_WEIGHT.value
-        )
+        lm_checkpoint = common_flags.LM_CHECKPOINT.value
+        lm = gin_utils.load_fusion_lm(inference.resolve_lm_checkpoint(lm_checkpoint))
+        model = inference.with_fusion_lm(model, lm, common_flags.LM_WEIGHT.value)
         texts = transcribe(model, loaded.variables, waves, _BATCH_SIZE.value)
     except (FileNotFoundError, ValueError) as error:
         print(f"transcribe: {error}", file=sys.stderr)

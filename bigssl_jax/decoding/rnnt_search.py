@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from bigssl_jax.decoding import lm_interface
-from bigssl_jax.models import rnnt_decoder
+from bigssl_jax.layers import rnnt_decoder
 
 Variables = Any
 Decoded = tuple[jax.Array, jax.Array, jax.Array]

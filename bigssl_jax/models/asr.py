@@ -1,6 +1,9 @@
-"""What the CTC and RNN-T models share: decoding settings, transcription and WER scoring.
+"""What the CTC and RNN-T models share: the `AsrModel` contract, their common fields
+(`AsrTrainModel`), decoding settings, transcription and WER scoring.
 
-A fine-tuned model decodes host batches into token ids with a jitted function
+Inference, evaluation, transcription and pseudo-labeling drive any ASR model through
+`AsrModel` alone. A fine-tuned model decodes host batches into token ids with a jitted
+function
 
     decode(variables, audio f32[B, S], audio_paddings f32[B, S])
         -> (tokens i32[B, L], token_paddings f32[B, L], scores f32[B])
@@ -17,14 +20,16 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from bigssl_jax import paths
 from bigssl_jax.evaluation import wer
+from bigssl_jax.layers import frontend
 from bigssl_jax.models import base
+from bigssl_jax.models import encoder as encoder_lib
 
 REFERENCE_FIELD = "targets_pretokenized"
 ID_FIELD = "id"
@@ -32,6 +37,7 @@ ID_FIELD = "id"
 SCORING_FIELDS = (ID_FIELD, REFERENCE_FIELD)
 
 Decode = Callable[[Any, Any, Any], tuple[Any, Any, Any]]
+RNG_STREAMS = ("dropout", "specaug")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,12 +61,92 @@ class DecodingConfig:
             raise ValueError(f"DecodingConfig.beam_size must be >= 1, got {self.beam_size}")
 
 
-def jitted_decode(model: Any) -> Decode:
+@runtime_checkable
+class AsrModel(Protocol):
+    """What a model that transcribes offers: decoding, its vocabulary, WER scoring.
+
+    Attributes:
+      vocab_size: V, the sentencepiece vocabulary size of its outputs.
+      vocabulary: the sentencepiece model its transcripts are detokenised with ("" until
+        `bigssl train` sets the run's copy).
+      decoding: how `decode` and `score` search (`DecodingConfig`).
+      lm: a shallow-fusion language model for beam search (`decoding.lm_interface`), or None.
+      score_fields: the string fields `score` reads from the batches (ids, references).
+    """
+
+    vocab_size: int
+    vocabulary: str
+    decoding: DecodingConfig
+    lm: Any
+    score_fields: tuple[str, ...]
+
+    def decode(self, variables: base.Variables, audio: Any, paddings: Any) -> tuple[Any, ...]:
+        """audio, paddings f32[B, S] -> (tokens i32[B, L], token_paddings f32[B, L],
+        scores f32[B]); see the module docstring."""
+        ...
+
+    def score(self, variables: base.Variables, batches: Iterable[base.Batch]) -> Any:
+        """Decodes `batches` and scores them against their references (a
+        `TranscriptionReport`: WER, CER)."""
+        ...
+
+
+@runtime_checkable
+class FusionLmModel(Protocol):
+    """A trained language model that can be fused into an `AsrModel`'s beam search (the
+    model of a `bigssl train-lm` run).
+
+    Attributes:
+      config: its hyperparameters, with `vocab_size` and `max_length`.
+    """
+
+    config: Any
+
+    def fusion_lm(self, variables: base.Variables, *, max_length: int) -> Any:
+        """The `decoding.lm_interface.FusionLanguageModel` of these variables."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AsrTrainModel:
+    """The fields and scoring every ASR model wrapper shares (CTC, RNN-T); subclasses add
+    their head, `vocab_size`, `init_variables`, `loss` and `decode`.
+
+    Attributes:
+      encoder: Conformer hyperparameters.
+      log_mel: log-mel settings.
+      spec_augment: SpecAugment settings (training only); None disables it.
+      decoding: how `decode` and `score` search.
+      vocabulary: the sentencepiece model `score` detokenises with (`bigssl train` sets it
+        to the run's copy of the corpus vocabulary).
+      lm: a shallow-fusion language model for beam search (set in code, e.g. by
+        `inference.with_fusion_lm`), or None.
+      rng_streams: the Flax rng streams `loss` draws from.
+      score_fields: the string fields `score` reads.
+    """
+
+    encoder: encoder_lib.EncoderConfig
+    log_mel: frontend.LogMelConfig = frontend.LogMelConfig()
+    spec_augment: frontend.SpecAugmentConfig | None = frontend.SpecAugmentConfig()
+    decoding: DecodingConfig = DecodingConfig()
+    vocabulary: str = ""
+    lm: Any = dataclasses.field(default=None, compare=False)
+    rng_streams: tuple[str, ...] = RNG_STREAMS
+    score_fields: tuple[str, ...] = SCORING_FIELDS
+
+    def score(
+        self, variables: Mapping[str, Any], batches: Iterable[base.Batch]
+    ) -> "TranscriptionReport":
+        """Decodes `batches` and scores them against their references (WER, CER)."""
+        return score_batches(jitted_decode(self), variables, batches, self.vocabulary)
+
+
+def jitted_decode(model: AsrModel) -> Decode:
     """`model.decode`, jitted: once per model for LM-free models (frozen, hashable configs),
     afresh for a model with a fusion LM (an LM's arrays are not hashable)."""
     import jax
 
-    if getattr(model, "lm", None) is not None:
+    if model.lm is not None:
         return jax.jit(model.decode)
     return _cached_jitted_decode(model)
 
@@ -75,7 +161,7 @@ def _cached_jitted_decode(model: Any) -> Decode:
 def with_beam_size(model: Any, beam_size: int | None) -> Any:
     """`model` decoding with `beam_size` hypotheses (unchanged for None or a model that
     does not decode)."""
-    if beam_size is None or not hasattr(model, "decoding"):
+    if beam_size is None or not isinstance(model, AsrModel):
         return model
     return dataclasses.replace(
         model, decoding=dataclasses.replace(model.decoding, beam_size=beam_size)

@@ -31,9 +31,10 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import numpy as np
 
-Batch = Mapping[str, Any]
-Metrics = dict[str, jax.Array]
-Variables = Mapping[str, Any]
+# The one definition of these aliases; every model and the trainer use them.
+Batch = Mapping[str, Any]  # field name -> array [B, ...] (or a string field kept for scoring)
+Metrics = dict[str, jax.Array]  # name -> float32 scalar
+Variables = Mapping[str, Any]  # {'params': ..., other collections}
 
 LOSS_WEIGHT = "loss_weight"
 
@@ -100,9 +101,10 @@ class ScoredModel(Protocol):
     """A model judged by more than its loss: ASR by word error rate, classifiers by accuracy.
 
     The trainer calls `score` at each evaluation (besides the eval loss) and `bigssl
-    evaluate` calls it on a restored checkpoint. A model whose `score` reads string fields
-    (utterance ids, reference texts) lists them in an optional `score_fields` attribute;
-    `bigssl train` and `bigssl evaluate` keep them in the eval batches.
+    evaluate` calls it on a restored checkpoint. An ASR model's `score` reads string fields
+    (utterance ids, reference texts): it lists them in `score_fields`
+    (`models.asr.AsrModel`), and `bigssl train` and `bigssl evaluate` keep them in the eval
+    batches.
     """
 
     def score(self, variables: Variables, batches: Iterable[Batch]) -> ScoreReport:
@@ -147,6 +149,33 @@ class StatisticsModel(Protocol):
     def fit_statistics(self, features: np.ndarray) -> dict[str, Any]:
         """The fitted non-param collections from the features of real rows: [N, ...]."""
         ...
+
+
+@runtime_checkable
+class EncoderModel(Protocol):
+    """A model on the Conformer audio encoder (pre-training, ASR, classifiers): its params
+    hold the encoder under the top-level name 'encoder'.
+
+    Attributes:
+      encoder: the encoder's `models.encoder.EncoderConfig`.
+      log_mel: the front end's `layers.frontend.LogMelConfig`.
+    """
+
+    encoder: Any
+    log_mel: Any
+
+
+@runtime_checkable
+class ClassifierModel(Protocol):
+    """A model that predicts one class per utterance from a classification task.
+
+    Attributes:
+      num_classes: C, the classes it predicts (at least the task's labels).
+      label_names: class names by id, for its reports (filled from the task's labels).
+    """
+
+    num_classes: int
+    label_names: tuple[str, ...]
 
 
 def split_rngs(rng: jax.Array, streams: tuple[str, ...]) -> dict[str, jax.Array]:

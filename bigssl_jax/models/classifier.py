@@ -53,11 +53,10 @@ import optax
 
 from bigssl_jax import paths
 from bigssl_jax.layers import conformer, frontend
+from bigssl_jax.models import base
 from bigssl_jax.models import encoder as encoder_lib
 
-Batch = Mapping[str, Any]
 Params = Mapping[str, Any]
-Metrics = dict[str, jax.Array]
 RNG_STREAMS = ("dropout",)
 WEIGHTED = "weighted"
 STATISTICS = "feature_stats"  # the fitted whitening's variable collection
@@ -324,7 +323,7 @@ class ClassifierTrainModel:
     def head(self) -> ClassifierHead:
         return ClassifierHead(self.num_classes, self.layer)
 
-    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+    def init_variables(self, rng: jax.Array, batch: base.Batch) -> dict[str, Any]:
         """{'params': {'encoder': boxed encoder params, 'head': head params}}, plus the
         whitening collection (identity until fitted) when `statistics_batches` > 0."""
         encoder_rng, head_rng = jax.random.split(rng)
@@ -339,7 +338,7 @@ class ClassifierTrainModel:
             variables[STATISTICS] = identity_statistics(self.num_layers, self.encoder.model_dim)
         return variables
 
-    def statistics_features(self, variables: Mapping[str, Any], batch: Batch) -> jax.Array:
+    def statistics_features(self, variables: Mapping[str, Any], batch: base.Batch) -> jax.Array:
         """Every layer's pooled output in eval mode, the whitening's input: [B, N + 1, D]."""
         encoder_params = variables["params"]["encoder"]
         audio, paddings = batch["audio"], batch["audio_paddings"]
@@ -355,7 +354,7 @@ class ClassifierTrainModel:
     def logits(
         self,
         variables: Mapping[str, Any],
-        batch: Batch,
+        batch: base.Batch,
         rng: jax.Array | None = None,
         *,
         train: bool = False,
@@ -383,8 +382,8 @@ class ClassifierTrainModel:
         return self.head.apply({"params": params["head"]}, pooled)
 
     def loss(
-        self, variables: Mapping[str, Any], batch: Batch, rng: jax.Array, *, step, train: bool
-    ) -> tuple[jax.Array, Metrics]:
+        self, variables: Mapping[str, Any], batch: base.Batch, rng: jax.Array, *, step, train: bool
+    ) -> tuple[jax.Array, base.Metrics]:
         """Weighted cross-entropy over the batch's real rows; metrics loss, accuracy, weight."""
         del step
         logits = self.logits(variables, batch, rng, train=train)
@@ -401,7 +400,9 @@ class ClassifierTrainModel:
         }
         return loss, metrics
 
-    def score(self, variables: Mapping[str, Any], batches: Iterable[Batch]) -> ClassificationReport:
+    def score(
+        self, variables: Mapping[str, Any], batches: Iterable[base.Batch]
+    ) -> ClassificationReport:
         """Accuracy and confusion matrix over host batches (rows of weight 0 are skipped)."""
         predict = jax.jit(lambda v, b: jnp.argmax(self.logits(v, b), axis=-1))
         ids, labels, predictions = [], [], []

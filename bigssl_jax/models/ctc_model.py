@@ -14,7 +14,7 @@ prefix beam search, optionally shallow-fused with `lm` (`decoding.lm_interface`)
 """
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -27,7 +27,7 @@ from bigssl_jax.losses import ctc
 from bigssl_jax.models import asr, base
 from bigssl_jax.models import encoder as encoder_lib
 
-RNG_STREAMS = ("dropout", "specaug")
+RNG_STREAMS = asr.RNG_STREAMS
 
 
 class CtcModel(nn.Module):
@@ -70,30 +70,16 @@ def ctc_head(vocab_size: int, dtype: Any) -> nn.DenseGeneral:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class CtcTrainModel:
-    """CTC fine-tuning as a `models.base.TrainModel` and `ScoredModel` (WER).
+class CtcTrainModel(asr.AsrTrainModel):
+    """CTC fine-tuning as a `models.base.TrainModel`, `ScoredModel` (WER) and
+    `models.asr.AsrModel`; the shared fields (encoder, front end, decoding, vocabulary, LM)
+    are `asr.AsrTrainModel`'s.
 
     Attributes:
-      encoder: Conformer hyperparameters.
       vocab_size: V, the sentencepiece vocabulary size.
-      log_mel: log-mel settings.
-      spec_augment: SpecAugment settings; None disables it.
-      decoding: how `decode` and `score` search.
-      vocabulary: the sentencepiece model that `score` detokenises with (`bigssl train`
-        sets it to the run's copy of the corpus vocabulary).
-      lm: a shallow-fusion language model for beam search (set in code, e.g. by
-        pseudo-labelling), or None.
     """
 
-    encoder: encoder_lib.EncoderConfig
     vocab_size: int = 1024
-    log_mel: frontend.LogMelConfig = frontend.LogMelConfig()
-    spec_augment: frontend.SpecAugmentConfig | None = frontend.SpecAugmentConfig()
-    decoding: asr.DecodingConfig = asr.DecodingConfig()
-    vocabulary: str = ""
-    lm: Any = dataclasses.field(default=None, compare=False)
-    rng_streams: tuple[str, ...] = RNG_STREAMS
-    score_fields: tuple[str, ...] = asr.SCORING_FIELDS
 
     @property
     def module(self) -> CtcModel:
@@ -146,9 +132,3 @@ class CtcTrainModel:
             lm=self.lm,
             lm_weight=decoding.lm_weight if self.lm is not None else 0.0,
         )
-
-    def score(
-        self, variables: Mapping[str, Any], batches: Iterable[base.Batch]
-    ) -> asr.TranscriptionReport:
-        """Decodes `batches` and scores them against their references (WER, CER)."""
-        return asr.score_batches(asr.jitted_decode(self), variables, batches, self.vocabulary)

@@ -8,7 +8,7 @@ and a joint network.
 
 The blank is the sentencepiece pad id 0 (never a target), also the prediction network's
 start symbol. Params: 'encoder' (restorable from pre-training with `init_params_scopes =
-('encoder',)`) and 'decoder' (`models.rnnt_decoder.RnntDecoder`); the recipe trains them
+('encoder',)`) and 'decoder' (`layers.rnnt_decoder.RnntDecoder`); the recipe trains them
 with separate schedules (`OptimizerConfig.encoder_peak_lr`). With `ctc_weight > 0` a CTC
 projection 'ctc_head' on the encoder adds an auxiliary CTC loss (as ESPnet's transducer
 recipes): on a few hours of labels the prediction network can memorise the transcripts
@@ -21,7 +21,7 @@ beam search (`decoding.rnnt_search`), optionally shallow-fused with `lm`.
 """
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 
 from bigssl_jax.decoding import rnnt_search
-from bigssl_jax.layers import frontend
+from bigssl_jax.layers import frontend, rnnt_decoder
 from bigssl_jax.losses import ctc, rnnt
-from bigssl_jax.models import asr, base, ctc_model, rnnt_decoder
+from bigssl_jax.models import asr, base, ctc_model
 from bigssl_jax.models import encoder as encoder_lib
 
-RNG_STREAMS = ("dropout", "specaug")
+RNG_STREAMS = asr.RNG_STREAMS
 
 
 class RnntModel(nn.Module):
@@ -72,31 +72,19 @@ class RnntModel(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RnntTrainModel:
-    """RNN-T fine-tuning as a `models.base.TrainModel` and `ScoredModel` (WER).
+class RnntTrainModel(asr.AsrTrainModel):
+    """RNN-T fine-tuning as a `models.base.TrainModel`, `ScoredModel` (WER) and
+    `models.asr.AsrModel`; the shared fields (encoder, front end, decoding, vocabulary, LM)
+    are `asr.AsrTrainModel`'s.
 
     Attributes:
-      encoder: Conformer hyperparameters.
       decoder: prediction and joint network hyperparameters; its vocab_size is the
         sentencepiece vocabulary size.
-      log_mel: log-mel settings.
-      spec_augment: SpecAugment settings; None disables it.
       ctc_weight: weight of the auxiliary CTC loss on the encoder; 0 trains no CTC head.
-      decoding: how `decode` and `score` search.
-      vocabulary: the sentencepiece model `score` detokenises with (set by `bigssl train`).
-      lm: a shallow-fusion language model for beam search (set in code), or None.
     """
 
-    encoder: encoder_lib.EncoderConfig
     decoder: rnnt_decoder.RnntDecoderConfig = rnnt_decoder.RnntDecoderConfig()
-    log_mel: frontend.LogMelConfig = frontend.LogMelConfig()
-    spec_augment: frontend.SpecAugmentConfig | None = frontend.SpecAugmentConfig()
     ctc_weight: float = 0.0
-    decoding: asr.DecodingConfig = asr.DecodingConfig()
-    vocabulary: str = ""
-    lm: Any = dataclasses.field(default=None, compare=False)
-    rng_streams: tuple[str, ...] = RNG_STREAMS
-    score_fields: tuple[str, ...] = asr.SCORING_FIELDS
 
     @property
     def module(self) -> RnntModel:
@@ -180,9 +168,3 @@ class RnntTrainModel:
             lm=self.lm,
             lm_weight=decoding.lm_weight if self.lm is not None else 0.0,
         )
-
-    def score(
-        self, variables: Mapping[str, Any], batches: Iterable[base.Batch]
-    ) -> asr.TranscriptionReport:
-        """Decodes `batches` and scores them against their references (WER, CER)."""
-        return asr.score_batches(asr.jitted_decode(self), variables, batches, self.vocabulary)

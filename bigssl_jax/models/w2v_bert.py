@@ -1,4 +1,4 @@
-"""w2v-BERT self-supervised pre-training: the model, its loss and train step.
+"""w2v-BERT self-supervised pre-training: the model and its loss (the train step is the trainer's).
 
 w2v-BERT (Chung et al. 2021) splits the Conformer stack in two: a contrastive module (the first
 N blocks) trained with the wav2vec 2.0 loss, and a masked-prediction (MLM) module (the other
@@ -34,11 +34,10 @@ import flax.struct
 import jax
 
 from bigssl_jax.layers import frontend
-from bigssl_jax.models import base, pretrain_step, ssl_losses, wav2vec2
+from bigssl_jax.losses import ssl_losses
+from bigssl_jax.models import base, best_rq, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
 
-Batch = Mapping[str, jax.Array]
-Metrics = dict[str, jax.Array]
 RNG_STREAMS = wav2vec2.RNG_STREAMS
 
 
@@ -151,7 +150,7 @@ class W2vBertModel(nn.Module):
             step=step,
             train=train,
         )
-        mlm_logits = pretrain_step.CodeHead(
+        mlm_logits = best_rq.CodeHead(
             objective.num_groups, objective.num_codes, config.compute_dtype, name="mlm_head"
         )(stages[-1][0])
         return W2vBertOutput(
@@ -167,13 +166,13 @@ class W2vBertModel(nn.Module):
 def loss_fn(
     model: W2vBertModel,
     variables: Mapping[str, Any],
-    batch: Batch,
+    batch: base.Batch,
     rng: jax.Array,
     *,
     step: jax.Array | int,
     train: bool = True,
     weights: ssl_losses.SSLLossWeights = wav2vec2.DEFAULT_WEIGHTS,
-) -> tuple[jax.Array, Metrics]:
+) -> tuple[jax.Array, base.Metrics]:
     """w2v-BERT loss: L = w_c L_contrastive + w_d L_diversity + w_m L_mlm (float32).
 
     Args:
@@ -181,7 +180,7 @@ def loss_fn(
       variables: {'params': ...} (unboxed).
       batch: 'audio' [B, S] and 'audio_paddings' [B, S] (1.0 = padded).
       rng: key of the 'masking', 'dropout' and 'gumbel' streams and of distractor sampling.
-      step: the train step (sets the Gumbel temperature).
+      step: updates applied so far (sets the Gumbel temperature).
       train: enables dropout and Gumbel noise.
       weights: term weights (1, 0.1, 1 by default).
 
@@ -226,13 +225,13 @@ class W2vBertTrainModel:
     def module(self) -> W2vBertModel:
         return W2vBertModel(encoder=self.encoder, objective=self.objective, log_mel=self.log_mel)
 
-    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+    def init_variables(self, rng: jax.Array, batch: base.Batch) -> dict[str, Any]:
         """{'params': boxed params}; only batch shapes matter."""
         return wav2vec2.init_variables(self.module, rng, batch)
 
     def loss(
-        self, variables: Mapping[str, Any], batch: Batch, rng: jax.Array, *, step, train: bool
-    ) -> tuple[jax.Array, Metrics]:
+        self, variables: Mapping[str, Any], batch: base.Batch, rng: jax.Array, *, step, train: bool
+    ) -> tuple[jax.Array, base.Metrics]:
         """`loss_fn`, with the masked-frame count as the loss weight."""
         loss, metrics = loss_fn(
             self.module, variables, batch, rng, step=step, train=train, weights=self.loss_weights

@@ -1,4 +1,4 @@
-"""wav2vec 2.0 self-supervised pre-training (BigSSL flavour): the model, its loss and train step.
+"""wav2vec 2.0 self-supervised pre-training (BigSSL flavour): the model and its loss.
 
 For a batch of waveforms, with the Conformer's convolutional subsampling as the feature encoder:
 
@@ -15,7 +15,8 @@ own target and K = 100 distractor targets drawn from the other masked frames of 
 utterance (cosine / 0.1). L_diversity (weight 0.1) pushes the average code distribution over
 masked frames towards uniform; it is dropped with linear targets, which have no codebook.
 The Gumbel temperature tau = `gumbel_temperature(step)` anneals 2.0 -> 0.1, so the model and
-`loss_fn` take the train step.
+`loss_fn` take the step count (updates applied so far; the train step itself is the
+trainer's, shared by every objective).
 
 Targets keep their gradient, as in fairseq, whose quantiser reads the CNN features with
 gradient: the subsampling stem is trained through both the masked context and the targets
@@ -44,11 +45,10 @@ import jax
 import jax.numpy as jnp
 
 from bigssl_jax.layers import frontend, masking, quantizers, subsampling
-from bigssl_jax.models import base, ssl_losses
+from bigssl_jax.losses import ssl_losses
+from bigssl_jax.models import base
 from bigssl_jax.models import encoder as encoder_lib
 
-Batch = Mapping[str, jax.Array]
-Metrics = dict[str, jax.Array]
 RNG_STREAMS = ("masking", "dropout", "gumbel")
 DEFAULT_WEIGHTS = ssl_losses.SSLLossWeights()
 
@@ -310,7 +310,7 @@ def masked_contrastive_forward(
       audio: [B, S] at 16 kHz.
       paddings: [B, S], 1.0 = padded.
       contrastive_stage: index of the stage whose output is the context (-1: the last).
-      step: the train step (sets the Gumbel temperature).
+      step: updates applied so far (sets the Gumbel temperature).
       train: enables dropout and Gumbel noise.
 
     Returns:
@@ -340,7 +340,7 @@ def masked_contrastive_forward(
     return out, stages
 
 
-def init_variables(model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+def init_variables(model: nn.Module, rng: jax.Array, batch: base.Batch) -> dict[str, Any]:
     """{'params': boxed params} of `Wav2Vec2Model` or `w2v_bert.W2vBertModel`.
 
     Args:
@@ -370,7 +370,7 @@ def contrastive_terms(
     targets: Targets,
     mask: jax.Array,
     rng: jax.Array,
-) -> tuple[dict[str, jax.Array], Metrics]:
+) -> tuple[dict[str, jax.Array], base.Metrics]:
     """The contrastive and (with a codebook) diversity losses, and their metrics.
 
     Args:
@@ -403,13 +403,13 @@ def contrastive_terms(
 def loss_fn(
     model: Wav2Vec2Model,
     variables: Mapping[str, Any],
-    batch: Batch,
+    batch: base.Batch,
     rng: jax.Array,
     *,
     step: jax.Array | int,
     train: bool = True,
     weights: ssl_losses.SSLLossWeights = DEFAULT_WEIGHTS,
-) -> tuple[jax.Array, Metrics]:
+) -> tuple[jax.Array, base.Metrics]:
     """wav2vec 2.0 loss of a batch: L = w_c L_contrastive + w_d L_diversity (float32).
 
     Args:
@@ -417,7 +417,7 @@ def loss_fn(
       variables: {'params': ...} (unboxed).
       batch: 'audio' [B, S] and 'audio_paddings' [B, S] (1.0 = padded).
       rng: key of the 'masking', 'dropout' and 'gumbel' streams and of distractor sampling.
-      step: the train step (sets the Gumbel temperature).
+      step: updates applied so far (sets the Gumbel temperature).
       train: enables dropout and Gumbel noise.
       weights: term weights (contrastive 1, diversity 0.1; mlm is unused).
 
@@ -462,13 +462,13 @@ class Wav2Vec2TrainModel:
     def module(self) -> Wav2Vec2Model:
         return Wav2Vec2Model(encoder=self.encoder, objective=self.objective, log_mel=self.log_mel)
 
-    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+    def init_variables(self, rng: jax.Array, batch: base.Batch) -> dict[str, Any]:
         """{'params': boxed params}; only batch shapes matter."""
         return init_variables(self.module, rng, batch)
 
     def loss(
-        self, variables: Mapping[str, Any], batch: Batch, rng: jax.Array, *, step, train: bool
-    ) -> tuple[jax.Array, Metrics]:
+        self, variables: Mapping[str, Any], batch: base.Batch, rng: jax.Array, *, step, train: bool
+    ) -> tuple[jax.Array, base.Metrics]:
         """`loss_fn`, with the masked-frame count as the loss weight."""
         loss, metrics = loss_fn(
             self.module, variables, batch, rng, step=step, train=train, weights=self.loss_weights

@@ -8,13 +8,13 @@ import optax
 
 from bigssl_jax import trainer
 from bigssl_jax.layers import frontend, quantizers
+from bigssl_jax.models import best_rq
 from bigssl_jax.models import encoder as encoder_lib
-from bigssl_jax.models import pretrain_step
 
 ENCODER = encoder_lib.EncoderConfig(
     model_dim=32, num_layers=2, num_heads=4, subsampling_channels=8, use_relative_position=True
 )
-OBJECTIVE = pretrain_step.BestRqConfig(codebook_size=64, mask_prob=0.5, span_length=2)
+OBJECTIVE = best_rq.BestRqConfig(codebook_size=64, mask_prob=0.5, span_length=2)
 SAMPLES = 8000  # 0.5 s: 48 log-mel frames, 12 encoder frames
 
 
@@ -31,7 +31,7 @@ def test_mask_features_replaces_exactly_the_masked_valid_frames():
     features = jnp.arange(2 * 10 * 3, dtype=jnp.float32).reshape(2, 10, 3) + 100.0
     paddings = jnp.zeros((2, 10)).at[1, 7:].set(1.0)
     frame_mask = jnp.array([[True, False, False], [False, True, True]])
-    out = pretrain_step.mask_features(jax.random.key(0), features, paddings, frame_mask, 4, 0.1)
+    out = best_rq.mask_features(jax.random.key(0), features, paddings, frame_mask, 4, 0.1)
     expected = np.zeros((2, 10), bool)
     expected[0, 0:4] = True
     expected[1, 4:7] = True  # frames 8, 9 of the last span are padded: untouched
@@ -41,7 +41,7 @@ def test_mask_features_replaces_exactly_the_masked_valid_frames():
 
 
 def test_targets_are_the_quantizer_codes_of_unmasked_features():
-    model = pretrain_step.BestRqModel(encoder=ENCODER, objective=OBJECTIVE)
+    model = best_rq.BestRqModel(encoder=ENCODER, objective=OBJECTIVE)
     batch = _batch()
     args = (batch["audio"], batch["audio_paddings"])
     variables = jax.jit(lambda rngs: model.init(rngs, *args, train=False))(
@@ -63,7 +63,7 @@ def test_targets_are_the_quantizer_codes_of_unmasked_features():
 
 
 def test_train_step_lowers_the_loss_and_keeps_the_quantizer_frozen():
-    model = pretrain_step.BestRqTrainModel(encoder=ENCODER, objective=OBJECTIVE)
+    model = best_rq.BestRqTrainModel(encoder=ENCODER, objective=OBJECTIVE)
     batch = _batch()
     state = nn.unbox(trainer.init_state(model, optax.adam(3e-3), jax.random.key(0), batch))
     frozen = state.model_state

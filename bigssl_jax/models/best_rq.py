@@ -1,4 +1,4 @@
-"""BEST-RQ self-supervised pre-training: the model, its loss and the pure train step.
+"""BEST-RQ self-supervised pre-training: the model and its loss (a `models.base.TrainModel`).
 
 BEST-RQ (Chiu et al. 2022) in four steps, for a batch of waveforms:
 
@@ -22,9 +22,10 @@ Randomness: rng streams 'masking' (span starts and noise) and 'dropout'. The qua
 projection and codebook live in the 'frozen' variable collection (`TrainState.model_state`);
 only 'params' are trained.
 
-The wav2vec 2.0 and w2v-BERT objectives add their own model classes next to `BestRqModel`
-with the same `__call__` -> outputs and `loss_fn` shape, each wrapped as a `models.base.TrainModel`
-that `trainer.make_train_step` turns into the one pure train step.
+The wav2vec 2.0 and w2v-BERT objectives (`models.wav2vec2`, `models.w2v_bert`) have the same
+shape: a Flax model whose `__call__` returns the outputs, a `loss_fn`, and a
+`models.base.TrainModel` wrapper. The train step itself is the trainer's, shared by every
+objective (`bigssl_jax.trainer`).
 """
 
 import dataclasses
@@ -37,11 +38,10 @@ import jax
 import jax.numpy as jnp
 
 from bigssl_jax.layers import frontend, masking, quantizers
+from bigssl_jax.losses import ssl_losses
+from bigssl_jax.models import base
 from bigssl_jax.models import encoder as encoder_lib
-from bigssl_jax.models import ssl_losses
 
-Batch = Mapping[str, jax.Array]
-Metrics = dict[str, jax.Array]
 RNG_STREAMS = ("masking", "dropout")
 
 
@@ -221,11 +221,11 @@ class BestRqModel(nn.Module):
 def loss_fn(
     model: BestRqModel,
     variables: Mapping[str, Any],
-    batch: Batch,
+    batch: base.Batch,
     rng: jax.Array,
     *,
     train: bool = True,
-) -> tuple[jax.Array, Metrics]:
+) -> tuple[jax.Array, base.Metrics]:
     """BEST-RQ loss of a batch.
 
     Args:
@@ -274,7 +274,7 @@ class BestRqTrainModel:
     def module(self) -> BestRqModel:
         return BestRqModel(encoder=self.encoder, objective=self.objective, log_mel=self.log_mel)
 
-    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+    def init_variables(self, rng: jax.Array, batch: base.Batch) -> dict[str, Any]:
         """{'params': boxed params, 'frozen': the quantiser}; only batch shapes matter."""
         params_rng, masking_rng = jax.random.split(rng)
         audio = jnp.zeros(batch["audio"].shape, jnp.float32)
@@ -282,8 +282,8 @@ class BestRqTrainModel:
         return dict(self.module.init(rngs, audio, jnp.zeros_like(audio), train=False))
 
     def loss(
-        self, variables: Mapping[str, Any], batch: Batch, rng: jax.Array, *, step, train: bool
-    ) -> tuple[jax.Array, Metrics]:
+        self, variables: Mapping[str, Any], batch: base.Batch, rng: jax.Array, *, step, train: bool
+    ) -> tuple[jax.Array, base.Metrics]:
         """`loss_fn`, with the masked-frame count as the loss weight (`base.LOSS_WEIGHT`)."""
         del step
         loss, metrics = loss_fn(self.module, variables, batch, rng, train=train)
