@@ -277,10 +277,10 @@ def ema_params(opt_state: optax.OptState) -> Any:
 
 
 def served_params(params: Any, opt_state: optax.OptState) -> Any:
-    """What a run evaluates and serves: the EMA of `params` when `opt_state` keeps one, else
-    `params` (`bigssl_jax.checkpointing` reads the same from a saved state)."""
-    state = _ema_state(opt_state)
-    return params if state is None else state.ema
+    """What a run evaluates and serves: the EMA of `params` when `opt_state` keeps one
+    (`ema_params`), else `params` (`bigssl_jax.checkpointing` reads the same from a saved
+    state)."""
+    return params if _ema_state(opt_state) is None else ema_params(opt_state)
 
 
 # ---------------------------------------------------------------------------------------

@@ -61,7 +61,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bigssl_jax import train_state as train_state_lib
-from bigssl_jax.layers import frontend
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -346,7 +345,11 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: LogicalRules) -> Any
 
 
 def init_sharded_state(
-    init_fn: Callable[..., Any], mesh: Mesh, rules: LogicalRules, *args: Any
+    init_fn: Callable[..., Any],
+    mesh: Mesh,
+    rules: LogicalRules,
+    *args: Any,
+    shardings: Any = None,
 ) -> tuple[Any, Any]:
     """Initializes a state directly into its shards (no full copy on any one device).
 
@@ -363,14 +366,16 @@ def init_sharded_state(
       mesh: the device mesh.
       rules: logical axis name -> mesh axes.
       *args: arguments of `init_fn` (e.g. an rng key).
+      shardings: the state's shardings when the caller has them already (from
+        `state_shardings` of `jax.eval_shape(init_fn, *args)`); None computes them.
 
     Returns:
       (state, shardings): the unboxed state placed on `mesh`, and a tree of the same
       structure holding each leaf's `NamedSharding` (use it for the train step).
     """
     with nn.logical_axis_rules(()):
-        abstract = jax.eval_shape(init_fn, *args)
-        shardings = state_shardings(abstract, mesh, rules)
+        if shardings is None:
+            shardings = state_shardings(jax.eval_shape(init_fn, *args), mesh, rules)
         with jax.set_mesh(mesh):
             state = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
     return state, shardings
@@ -485,26 +490,3 @@ def per_device_random(
         )(rng, *arrays)
 
     return wrapped
-
-
-def per_device_spec_augment(
-    config: frontend.SpecAugmentConfig, mesh: Mesh, batch_axes: Sequence[str] = BATCH_AXES
-) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
-    """SpecAugment with masks drawn on each device for its own rows.
-
-    Specs: rng P(); features [B, T, F] and paddings [B, T] P(batch_axes) -> masked
-    features [B, T, F] P(batch_axes). See `per_device_random`.
-
-    Args:
-      config: masking settings.
-      mesh: the device mesh.
-      batch_axes: the mesh axes the batch is sharded over.
-
-    Returns:
-      `augment(rng, features, paddings) -> features`.
-    """
-    return per_device_random(
-        lambda rng, features, paddings: frontend.spec_augment(features, paddings, rng, config),
-        mesh,
-        batch_axes,
-    )

@@ -274,8 +274,7 @@ def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest, en
         return state, shardings, False
     if config.init_checkpoint and not config.init_params_only:
         return checkpointing.restore_from(config.init_checkpoint, abstract), shardings, False
-    with nn.logical_axis_rules(()), jax.set_mesh(mesh):
-        state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
+    state, _ = partitioning.init_sharded_state(init_fn, mesh, rules, rng, shardings=shardings)
     if config.init_checkpoint:
         params = _restore_params(config, abstract.params, state.params, encoder)
         state = state.replace(

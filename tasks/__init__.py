@@ -4,7 +4,6 @@
     preprocessors   sample-rate check, audio decoding, tokenisation, length filter
     corpus_tasks    unlabeled / labeled tasks of every split in the corpus registry
     pseudo_labeled  the pseudo-labeled record layout and its task factory
-    mixtures        mixtures of tasks with sampling rates
     registration    idempotent adds to seqio's global registries
     toy_corpus      a tiny synthetic prepared corpus for tests and benchmarks
 

@@ -1,4 +1,4 @@
-"""Idempotent registration into seqio's global Task and Mixture registries.
+"""Idempotent registration into seqio's global Task registry.
 
 Registering the same name twice with the same definition is a no-op; with a different
 definition (new shards, another vocabulary) the old entry is replaced. A definition is
@@ -67,17 +67,4 @@ def add_task(
         shuffle_buffer_size=shuffle_buffer_size,
     )
     _SIGNATURES[("task", name)] = signature
-    return name
-
-
-def add_mixture(name: str, tasks_and_rates: Sequence[tuple[str, float]]) -> str:
-    """Registers (or replaces) a `seqio.Mixture` of registered tasks with relative rates."""
-    import seqio
-
-    signature = tuple((task, float(rate)) for task, rate in tasks_and_rates)
-    if _is_current("mixture", name, seqio.MixtureRegistry.names(), signature):
-        return name
-    seqio.MixtureRegistry.remove(name)
-    seqio.MixtureRegistry.add(name, list(signature))
-    _SIGNATURES[("mixture", name)] = signature
     return name

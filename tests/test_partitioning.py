@@ -353,7 +353,12 @@ def test_per_device_random_equals_per_shard_calls():
     config = frontend.SpecAugmentConfig(
         num_time_masks=2, max_time_mask_ratio=0.3, max_freq_mask_bins=4
     )
-    augment = jax.jit(partitioning.per_device_spec_augment(config, mesh))
+    augment = jax.jit(
+        partitioning.per_device_random(
+            lambda rng, features, paddings: frontend.spec_augment(features, paddings, rng, config),
+            mesh,
+        )
+    )
     rng = jax.random.key(3)
     got = np.asarray(
         augment(rng, *partitioning.make_global_batch((batch["features"], batch["paddings"]), mesh))

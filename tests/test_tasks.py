@@ -1,7 +1,5 @@
-"""Tests of bigssl_tasks: vocabulary, preprocessors, corpus / pseudo-labeled tasks, mixtures."""
+"""Tests of bigssl_tasks: vocabulary, preprocessors, corpus / pseudo-labeled tasks."""
 
-import collections
-import itertools
 import subprocess
 import sys
 
@@ -13,7 +11,7 @@ import tensorflow as tf
 from bigssl_jax import input_pipeline
 from bigssl_jax.data import registry as registry_lib
 from bigssl_jax.data import schema
-from bigssl_tasks import corpus_tasks, mixtures, pseudo_labeled, toy_corpus, vocab
+from bigssl_tasks import corpus_tasks, pseudo_labeled, toy_corpus, vocab
 
 CORPUS = "tasktoy"
 
@@ -209,40 +207,6 @@ def test_pseudo_labeled_task_shape(corpus, tmp_path):
         "confidence",
         "weights",
     }
-
-
-def test_mixture_rates_and_feature_check(corpus, tmp_path):
-    _write_pseudo_shard(tmp_path / "mix.tfrecord", 8, seed=3)
-    pseudo_labeled.register_pseudo_labeled_task(
-        "tasktoy_pl_mix", str(tmp_path / "mix.tfrecord"), vocab_path=corpus["vocab_path"]
-    )
-    name = mixtures.register_mixture(
-        "tasktoy_nst", [(f"{CORPUS}_train_labeled", 1), ("tasktoy_pl_mix", 3)]
-    )
-    assert (
-        mixtures.register_mixture(
-            "tasktoy_nst", [(f"{CORPUS}_train_labeled", 1), ("tasktoy_pl_mix", 3)]
-        )
-        == name
-    )
-    dataset = seqio.get_mixture_or_task(name).get_dataset(
-        None, split=corpus_tasks.SPLIT, seed=0, passthrough_features=["id"], try_in_mem_cache=False
-    )
-    sources = collections.Counter(
-        ex["id"].startswith(b"pl-") for ex in dataset.take(400).as_numpy_iterator()
-    )
-    assert sources[True] / 400 == pytest.approx(0.75, abs=0.07)
-    config = input_pipeline.InputConfig(task=name, batch_size=8, bucket_seconds=(1.0, 2.0))
-    confidences = np.concatenate(
-        [b["confidence"] for b in itertools.islice(input_pipeline.make_iterator(config), 4)]
-    )
-    assert (confidences == 1.0).any() and (confidences < 1.0).any()
-    with pytest.raises(ValueError, match="different output features"):
-        mixtures.register_mixture(
-            "tasktoy_bad", [(f"{CORPUS}_train_labeled", 1), (f"{CORPUS}_raw_unlabeled", 1)]
-        )
-    with pytest.raises(ValueError, match="must be > 0"):
-        mixtures.register_mixture("tasktoy_bad", [(f"{CORPUS}_train_labeled", 0)])
 
 
 def _bigssl(*argv) -> subprocess.CompletedProcess:

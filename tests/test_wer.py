@@ -1,5 +1,7 @@
 """WER/CER scoring against hand-computed values and jiwer; result files; detokenize."""
 
+import json
+
 import jiwer
 import numpy as np
 import pytest
@@ -74,12 +76,22 @@ def test_worst_orders_by_errors_then_char_errors_then_input():
     ]
 
 
+def _read_utterances(path) -> list[dict]:
+    """A `write_utterances` file, one dict per utterance (`errors` an int)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in lines]
+    fields = lines[0].split("\t")
+    rows = [dict(zip(fields, line.split("\t"), strict=True)) for line in lines[1:]]
+    return [{**row, "errors": int(row["errors"])} for row in rows]
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".tsv"])
 def test_utterance_file_round_trip(tmp_path, suffix):
     result = wer.score(REFERENCES, HYPOTHESES, ids=["u1", "u2", "u3"])
     path = tmp_path / "out" / f"utterances{suffix}"
     wer.write_utterances(result.worst(2), path)
-    rows = wer.read_utterances(path)
+    rows = _read_utterances(path)
     assert [(r["id"], r["reference"], r["hypothesis"], r["errors"]) for r in rows] == [
         (u.id, u.reference, u.hypothesis, u.errors) for u in result.worst(2)
     ]

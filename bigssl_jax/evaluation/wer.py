@@ -217,16 +217,6 @@ def write_utterances(utterances: Sequence[UtteranceResult], path: os.PathLike) -
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
-def read_utterances(path: os.PathLike) -> list[dict]:
-    """Reads a `write_utterances` file back, one dict per utterance (`errors` an int)."""
-    path = paths.as_path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in lines]
-    rows = [dict(zip(_FIELDS, line.split("\t"), strict=True)) for line in lines[1:]]
-    return [{**row, "errors": int(row["errors"])} for row in rows]
-
-
 class Decoder(Protocol):
     """A vocabulary: `seqio.SentencePieceVocabulary` or `sentencepiece.SentencePieceProcessor`."""
 
