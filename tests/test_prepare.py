@@ -136,6 +136,55 @@ def test_load_audio_errors_have_reasons(tmp_path, make, reason):
         audio_io.load_audio(tmp_path / "nope.flac")
 
 
+def _write_cut_in_half(path: pathlib.Path, container: str, subtype: str) -> None:
+    """A 2 s 16 kHz sine written with soundfile, then cut to the first half of its bytes."""
+    sf.write(path, _tone(16000, 2.0), 16000, format=container, subtype=subtype)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "suffix, container, subtype",
+    [
+        ("wav", "WAV", "PCM_16"),
+        ("wav", "WAV", "IMA_ADPCM"),
+        ("wav", "WAVEX", "FLOAT"),
+        ("rf64", "RF64", "PCM_16"),
+        ("w64", "W64", "PCM_16"),
+        ("aiff", "AIFF", "PCM_16"),
+        ("aifc", "AIFF", "ULAW"),
+        ("au", "AU", "PCM_16"),
+        ("caf", "CAF", "PCM_16"),
+        ("nist", "NIST", "PCM_16"),
+        ("svx", "SVX", "PCM_16"),
+        ("opus", "OGG", "OPUS"),
+        ("ogg", "OGG", "VORBIS"),
+        ("flac", "FLAC", "PCM_16"),
+        ("mp3", "MP3", "MPEG_LAYER_III"),
+    ],
+)
+def test_a_file_cut_short_is_truncated_in_every_container(tmp_path, suffix, container, subtype):
+    whole = tmp_path / f"whole.{suffix}"
+    sf.write(whole, _tone(16000, 2.0), 16000, format=container, subtype=subtype)
+    assert abs(len(audio_io.load_audio(whole)) - 32000) <= 544  # ADPCM pads its last block
+    cut = tmp_path / f"cut.{suffix}"
+    _write_cut_in_half(cut, container, subtype)
+    with pytest.raises(audio_io.AudioError) as error:
+        audio_io.load_audio(cut)
+    assert error.value.reason == "truncated"
+
+
+def test_sizes_left_unknown_by_a_streaming_writer_or_trailing_chunks_are_not_truncation(tmp_path):
+    sf.write(tmp_path / "a.wav", _tone(16000, 0.5), 16000)
+    data = bytearray((tmp_path / "a.wav").read_bytes())
+    data[40:44] = (0xFFFFFFFF).to_bytes(4, "little")  # the data chunk's size: unknown
+    (tmp_path / "streamed.wav").write_bytes(bytes(data))
+    assert len(audio_io.load_audio(tmp_path / "streamed.wav")) == 8000
+    trailing = (tmp_path / "a.wav").read_bytes() + b"LIST" + (4).to_bytes(4, "little") + b"INFO"
+    (tmp_path / "trailing.wav").write_bytes(trailing)
+    assert len(audio_io.load_audio(tmp_path / "trailing.wav")) == 8000
+
+
 # ---------------------------------------------------------------- layouts
 
 
@@ -326,6 +375,7 @@ def _bad_tree(root: pathlib.Path) -> dict[str, str]:
     sf.write(folder / "7-1-0007.flac", _tone(16000, 1.5), 16000)  # too long
     sf.write(folder / "7-1-0008.flac", good, 16000)  # empty transcript
     sf.write(folder / "7-1-0010.wav", np.zeros((0, 1), np.float32), 16000)  # header, no samples
+    _write_cut_in_half(folder / "7-1-0011.wav", "WAV", "PCM_16")
     lines = [
         b"7-1-0000 GOOD",
         b"7-1-0001 CORRUPT",
@@ -337,6 +387,7 @@ def _bad_tree(root: pathlib.Path) -> dict[str, str]:
         b"7-1-0008 ",
         b"7-1-0009 NO AUDIO",
         b"7-1-0010 NO SAMPLES",
+        b"7-1-0011 CUT SHORT",
     ]
     (folder / "7-1.trans.txt").write_bytes(b"\n".join(lines) + b"\n")
     return {
@@ -350,6 +401,7 @@ def _bad_tree(root: pathlib.Path) -> dict[str, str]:
         "7-1-0008": "empty_transcript",
         "7-1-0009": "missing_audio",
         "7-1-0010": "empty_audio",
+        "7-1-0011": "truncated",
     }
 
 
