@@ -1,8 +1,19 @@
-"""Tests for `bigssl prepare`: audio decoding, source layouts, shards, reports, resume."""
+"""Tests for `bigssl prepare`: audio decoding, source layouts, shards, reports, resume.
 
+Run as a script, this file re-prepares a tree and stalls after its first shard (the
+subprocess of the `kill -9` test):
+
+    python tests/test_prepare.py TREE DATA_DIR NUM_SHARDS MARKER
+"""
+
+import dataclasses
 import json
 import pathlib
 import shutil
+import signal as posix_signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -233,9 +244,10 @@ def test_librispeech_tree_prepares_and_registers(tmp_path):
     assert (report.kept, report.skipped) == (5, {})
     info = _registered(tmp_path / "data", "ls", "dev-clean")
     assert info.labeled and info.num_examples == 5 and info.extra_fields == ("chapter",)
+    tag = _report(tmp_path / "data", "ls", "dev-clean")["plan"]["tag"]
     assert [pathlib.Path(f).name for f in info.files] == [
-        "dev-clean-00000-of-00002.tfrecord",
-        "dev-clean-00001-of-00002.tfrecord",
+        f"dev-clean-{tag}-00000-of-00002.tfrecord",
+        f"dev-clean-{tag}-00001-of-00002.tfrecord",
     ]
     records = _read_split(info)
     assert sorted(records) == sorted(want)
@@ -497,11 +509,12 @@ def test_interrupted_run_resumes_and_writes_every_utterance_once(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare_split(killed, data_dir=tmp_path, corpus="r", split="s", options=options)
     out = paths.prepared_dir(tmp_path, "r")
+    tag = prepare.plan_tag(prepare._plan(listing, options))
     done = sorted(p.name for p in out.glob("*.tfrecord"))
-    assert done == ["s-00000-of-00005.tfrecord", "s-00001-of-00005.tfrecord"]
+    assert done == [f"s-{tag}-00000-of-00005.tfrecord", f"s-{tag}-00001-of-00005.tfrecord"]
     assert not paths.registry_path(tmp_path).exists()
     # What a SIGKILL mid-shard leaves: a temporary file, which must never count as a shard.
-    (out / "s-00002-of-00005.tfrecord.tmp-4242").write_bytes(b"half a shard")
+    (out / f"s-{tag}-00002-of-00005.tfrecord.tmp-4242").write_bytes(b"half a shard")
     first = (out / done[0]).stat()
 
     report = prepare.prepare_split(
@@ -520,8 +533,113 @@ def test_interrupted_run_resumes_and_writes_every_utterance_once(tmp_path):
         split="s",
         options=prepare.PrepareOptions(num_shards=2),
     )
-    assert len(list(out.glob("s-*.tfrecord"))) == 2
+    assert len(list(out.glob("s-*.tfrecord"))) == len(list(out.glob("s-*.stats.json"))) == 2
     assert sorted(_read_split(_registered(tmp_path, "r", "s"))) == sorted(want)
+
+
+def _registered_files_exist(data_dir) -> bool:
+    """Whether every shard file the raw registry JSON names exists (read without checks)."""
+    data = json.loads(paths.registry_path(data_dir).read_text())
+    files = [f for c in data["corpora"].values() for s in c["splits"].values() for f in s["files"]]
+    return bool(files) and all(pathlib.Path(f).exists() for f in files)
+
+
+def test_a_failed_re_prepare_leaves_the_registry_on_the_last_good_shards(tmp_path):
+    want = _librispeech_tree(tmp_path / "tree")
+    options = prepare.PrepareOptions(num_shards=2)
+    prepare.prepare_split(
+        sources.librispeech_source(tmp_path / "tree"),
+        data_dir=tmp_path,
+        corpus="r",
+        split="s",
+        options=options,
+    )
+    before = _registered(tmp_path, "r", "s")
+    # The source changes (a new, corrupt file), so the plan does; --strict then fails on it.
+    folder = tmp_path / "tree" / "19" / "198"
+    (folder / "19-198-0002.flac").write_bytes(b"not audio" * 40)
+    with open(folder / "19-198.trans.txt", "a") as f:
+        f.write("19-198-0002 CORRUPT\n")
+    with pytest.raises(prepare.PrepareError, match="unreadable"):
+        prepare.prepare_split(
+            sources.librispeech_source(tmp_path / "tree"),
+            data_dir=tmp_path,
+            corpus="r",
+            split="s",
+            options=dataclasses.replace(options, strict=True),
+        )
+    assert _registered(tmp_path, "r", "s") == before and _registered_files_exist(tmp_path)
+    assert sorted(_read_split(before)) == sorted(want)
+
+
+def test_registry_entry_with_missing_shards_is_one_line_error(tmp_path):
+    _librispeech_tree(tmp_path / "tree")
+    prepare.prepare_split(
+        sources.librispeech_source(tmp_path / "tree"), data_dir=tmp_path, corpus="r", split="s"
+    )
+    shard = pathlib.Path(_registered(tmp_path, "r", "s").files[0])
+    shard.unlink()
+    with pytest.raises(registry.MissingShardsError) as error:
+        _registered(tmp_path, "r", "s")
+    assert isinstance(error.value, registry.CorpusNotFoundError)  # what every command catches
+    assert str(shard) in str(error.value) and "\n" not in str(error.value)
+
+
+def _prepare_until_killed(tree: str, data_dir: str, num_shards: str, marker: str) -> None:
+    """Re-prepares `tree` as corpus r / split s with `num_shards`, then, once its first new
+    shard is written, touches `marker` and waits to be killed (the subprocess of the
+    `kill -9` test)."""
+
+    class _Stalled(sources.FileSource):
+        def read(self, start, stop):
+            if start > 0:
+                pathlib.Path(marker).touch()
+                time.sleep(600)
+            yield from super().read(start, stop)
+
+    listing = sources.librispeech_source(tree)
+    stalled = _Stalled(listing.description, listing.entries, listing.labeled, listing.extra_fields)
+    options = prepare.PrepareOptions(num_shards=int(num_shards))
+    prepare.prepare_split(stalled, data_dir=data_dir, corpus="r", split="s", options=options)
+
+
+def test_kill_9_during_a_re_prepare_leaves_the_registry_on_files_that_exist(tmp_path):
+    want = _librispeech_tree(tmp_path / "tree")
+    listing = sources.librispeech_source(tmp_path / "tree")
+    prepare.prepare_split(
+        listing,
+        data_dir=tmp_path,
+        corpus="r",
+        split="s",
+        options=prepare.PrepareOptions(num_shards=2),
+    )
+    marker = tmp_path / "first-shard-written"
+    command = [sys.executable, __file__, str(tmp_path / "tree"), str(tmp_path), "5", str(marker)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), process.stderr.read().decode()[-2000:]
+    finally:
+        process.kill()  # SIGKILL
+        process.wait()
+    assert process.returncode == -posix_signal.SIGKILL
+    assert len(list(paths.prepared_dir(tmp_path, "r").glob("s-*-of-00005.tfrecord"))) == 1
+    assert _registered_files_exist(tmp_path)
+    assert sorted(_read_split(_registered(tmp_path, "r", "s"))) == sorted(want)
+
+    prepare.prepare_split(
+        listing,
+        data_dir=tmp_path,
+        corpus="r",
+        split="s",
+        options=prepare.PrepareOptions(num_shards=5),
+    )
+    info = _registered(tmp_path, "r", "s")
+    assert len(info.files) == 5 and sorted(_read_split(info)) == sorted(want)
+    out = paths.prepared_dir(tmp_path, "r")
+    assert sorted(out.glob("s-*.tfrecord")) == sorted(pathlib.Path(f) for f in info.files)
 
 
 # ---------------------------------------------------------------- TFDS, CLI
@@ -636,3 +754,7 @@ def test_prepares_the_corpus_of_make_corpus(tmp_path):
         want, rate = sf.read(root / "labeled" / line["audio"], dtype="int16")
         assert rate == 16000
         np.testing.assert_array_equal(record["pcm"], want)
+
+
+if __name__ == "__main__":
+    _prepare_until_killed(*sys.argv[1:])
