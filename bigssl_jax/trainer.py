@@ -516,9 +516,9 @@ def _check_nonfinite(progress: _Progress, skipped: bool, step: int, config, chec
     )
     if progress.nonfinite_consecutive >= config.max_consecutive_nonfinite:
         latest = checkpointer.latest_step()
-        saved = f"the latest checkpoint (step {latest}) holds finite values"
+        saved = f"The latest checkpoint (step {latest}) holds finite values"
         if latest is None:
-            saved = "no checkpoint was saved"
+            saved = "No checkpoint was saved"
         raise NonFiniteError(
             f"{progress.nonfinite_consecutive} consecutive steps with a non-finite loss, "
             f"gradient or update at step {step}; stopping. {saved}: lower the learning rate "

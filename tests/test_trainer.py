@@ -239,7 +239,7 @@ def test_consecutive_nonfinite_steps_stop_with_finite_checkpoints(tmp_path):
 
 
 def test_overflowing_updates_stop_the_run_and_are_never_saved(tmp_path):
-    with pytest.raises(trainer.NonFiniteError, match="no checkpoint was saved"):
+    with pytest.raises(trainer.NonFiniteError, match="No checkpoint was saved"):
         _train(tmp_path, 20, optimizer=OVERFLOWING, max_consecutive_nonfinite=3, checkpoint_every=1)
     assert not checkpointing.checkpoint_dir(tmp_path).exists() or _saved_steps(tmp_path) == []
 
