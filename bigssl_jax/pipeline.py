@@ -723,3 +723,34 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
     print(f"\nWER / CER (%) on {corpus} ({runner.work_dir / 'results.png'}):\n")
     print(results_table(results), flush=True)
     return 0
+
+
+def publish(preset_name: str, data_dir: os.PathLike, path: os.PathLike) -> int:
+    """Writes the record of the finished run of `preset_name` to `path`: its `run.json` with
+    every error rate in % and, for the data-efficiency design, the claims recomputed from its
+    evaluations (`claim_summary`). Runs no stage.
+
+    Raises:
+      StageError: the run has not finished (no `run.json`).
+    """
+    preset = PRESETS[preset_name]
+    runner_dir = work_dir(data_dir, preset_name)
+    record_path = runner_dir / RECORD_FILE
+    if not record_path.exists():
+        raise StageError(f"no finished run of preset '{preset_name}': {record_path} is missing")
+    record = json.loads(record_path.read_text())
+    if preset.labeled_fraction < 1.0:
+        runner = Runner(preset, record["corpus"], pathlib.Path(data_dir), runner_dir)
+        root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
+        names = [name for name in record["arms"] if not name.endswith("+lm")]
+        record["claims"] = claim_summary(runner, record["arms"], names, root)
+    record["arms"] = {
+        name: {split: {k: 100 * v for k, v in rates.items()} for split, rates in scores.items()}
+        for name, scores in record["arms"].items()
+    }
+    record["units"] = "error rates in %"
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"pipeline: wrote {path}")
+    return 0

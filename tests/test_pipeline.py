@@ -11,10 +11,10 @@ import pytest
 from bigssl_jax import configurables, gin_utils, pipeline
 
 
-def _run_pipeline(data_dir):
+def _run_pipeline(data_dir, *flags):
     env = dict(os.environ, BIGSSL_DATA_DIR=str(data_dir))
     return subprocess.run(
-        [sys.executable, "-m", "bigssl_jax.cli", "pipeline", "--preset=smoke", "--jobs=1"],
+        [sys.executable, "-m", "bigssl_jax.cli", "pipeline", "--preset=smoke", "--jobs=1", *flags],
         capture_output=True,
         text=True,
         env=env,
@@ -70,6 +70,13 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert "[vocab] found" in second.stdout
     assert "[nst_50] found" in second.stdout and "| ssl_50 |" in second.stdout
     assert "done:" not in second.stdout
+
+    published = _run_pipeline(tmp_path, f"--publish={tmp_path / 'demo.json'}")
+    assert published.returncode == 0, published.stderr[-3000:]
+    assert "[" not in published.stdout  # runs no stage
+    public = json.loads((tmp_path / "demo.json").read_text())
+    assert public["arms"]["nst_50+lm"]["test"]["cer"] == 100 * results["nst_50+lm"]["test"]["cer"]
+    assert public["claims"] == record["claims"] and public["command"] == record["command"]
 
 
 def _train_configs(args):
