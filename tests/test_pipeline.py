@@ -115,3 +115,25 @@ def test_preset_stage_configs_parse(name, tmp_path, monkeypatch):
     assert pretrain.num_steps > 0 and finetune.num_steps == student.num_steps
     assert student_input.speed_factors == finetune_input.speed_factors
     assert student_input.batch_size % sum(preset.mix_ratios) == 0
+
+
+def test_side_by_side_stages_run_at_once_with_one_xla_thread_each(tmp_path, monkeypatch):
+    """Two stages overlap in time, and each subprocess is told to use one XLA thread."""
+    import threading
+
+    both_started = threading.Barrier(2, timeout=30)
+    seen = []
+
+    def fake_run(argv, stdout, stderr, env, check):
+        seen.append(env["XLA_FLAGS"])
+        both_started.wait()  # deadlocks (and times out) unless the two run at once
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(pipeline.subprocess, "run", fake_run)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    runner = pipeline.Runner(
+        pipeline.PRESETS["smoke"], "c", tmp_path, tmp_path, single_threaded=True
+    )
+    done = pipeline.side_by_side(lambda: runner.run("a", "train"), lambda: runner.run("b", "train"))
+    assert done == [tmp_path / "a", tmp_path / "b"]
+    assert seen == [f"--xla_dump_to=/tmp/x {pipeline.ONE_THREAD_XLA_FLAGS}"] * 2
