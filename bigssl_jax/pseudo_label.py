@@ -51,6 +51,7 @@ import jax
 import numpy as np
 
 from bigssl_jax.data import schema
+from bigssl_jax.data import vocabulary as vocab_lib
 from bigssl_jax.evaluation import wer
 from bigssl_jax.models import asr
 
@@ -347,14 +348,14 @@ def confidence(score: float, num_tokens: int) -> float:
 
 def _label_batch(decoder: Decoder, batch: Mapping[str, np.ndarray], teacher: str):
     """Yields (serialised record, [id, score, num_tokens, confidence, text]) per real row."""
-    from bigssl_tasks import pseudo_labeled, vocab
+    from bigssl_tasks import pseudo_labeled
 
     tokens, token_paddings, scores = decoder(batch["audio"], batch["audio_paddings"])
     texts = wer.detokenize(tokens, token_paddings, decoder.vocabulary)
     for row in np.flatnonzero(batch["weights"] > 0):
         valid = tokens[row][token_paddings[row] < 0.5].tolist()
-        valid = valid[: valid.index(vocab.EOS_ID)] if vocab.EOS_ID in valid else valid
-        valid = [t for t in valid if t != vocab.PAD_ID]  # as `detokenize` reads them
+        valid = valid[: valid.index(vocab_lib.EOS_ID)] if vocab_lib.EOS_ID in valid else valid
+        valid = [t for t in valid if t != vocab_lib.PAD_ID]  # as `detokenize` reads them
         utterance_id = batch["id"][row].decode("utf-8")
         num_samples = int(np.sum(batch["audio_paddings"][row] < 0.5))
         score = float(scores[row])

@@ -28,7 +28,7 @@ import jiwer
 import numpy as np
 
 from bigssl_jax import paths
-from bigssl_tasks import vocab as vocab_lib
+from bigssl_jax.data import vocabulary as vocab_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +232,7 @@ def detokenize(
       ids: i32[B, L] token ids (e.g. decoder output).
       paddings: f32[B, L], 1.0 = padded position.
       vocab: anything with `decode(list[int]) -> str`, e.g.
-        `bigssl_tasks.vocab.get_vocabulary(path)`.
+        `data.vocabulary.get_vocabulary(path)`.
       eos_id: ids from the first one onwards are ignored.
 
     Returns:
