@@ -16,8 +16,10 @@ The step (`make_train_step`) is pure, `train_step(state, batch, rng) -> (state, 
     device's rows split locally); a `lax.scan` sums w_j * grad L_j and w_j * L_j and divides by
     sum_j w_j, w_j = the microbatch's `LOSS_WEIGHT` (see `models/base.py`): the update equals
     the whole batch's;
-  * non-finite guard: if the loss or the gradient norm is not finite, the state is returned
-    unchanged (step included) and metrics['nonfinite'] = 1. The loop counts these, stops after
+  * non-finite guard: if the loss, the gradient norm, the new parameters or the new optimizer
+    state hold a non-finite value (an update can overflow where the gradient did not: a huge
+    learning rate, an Adam denominator underflow), the state is returned unchanged (step
+    included) and metrics['nonfinite'] = 1. The loop counts these, stops after
     `max_consecutive_nonfinite` in a row (`NonFiniteError`), and never saves a non-finite
     state, because none is ever produced. Reading that flag is the loop's one device-to-host
     copy per step (a scalar); everything else stays asynchronous until a log line.
@@ -116,7 +118,7 @@ class TrainResult:
 
 
 class NonFiniteError(RuntimeError):
-    """Too many consecutive steps had a non-finite loss or gradient."""
+    """Too many consecutive steps had a non-finite loss, gradient or update."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,6 +174,12 @@ def _weighted_loss_and_grads(model, state, batch, rng, k):
     return loss_sum / denominator, metrics, grads
 
 
+def _all_finite(tree: Any) -> jax.Array:
+    """True (a bool scalar) when every floating-point leaf of `tree` is finite everywhere."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all() if leaves else jnp.bool_(True)
+
+
 def make_train_step(
     model: base.TrainModel,
     *,
@@ -194,8 +202,9 @@ def make_train_step(
         rng = jax.random.fold_in(rng, state.step)
         loss, metrics, grads = _weighted_loss_and_grads(model, state, batch, rng, microbatches)
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updated = state.apply_gradients(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite &= _all_finite((updated.params, updated.opt_state))
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
         metrics = {
             **metrics,
@@ -467,17 +476,20 @@ def _check_nonfinite(progress: _Progress, skipped: bool, step: int, config, chec
     progress.nonfinite_total += 1
     progress.nonfinite_consecutive += 1
     logging.warning(
-        "step %d: non-finite loss or gradient, update skipped (%d in a row, %d in all)",
+        "step %d: non-finite loss, gradient or update, update skipped (%d in a row, %d in all)",
         step,
         progress.nonfinite_consecutive,
         progress.nonfinite_total,
     )
     if progress.nonfinite_consecutive >= config.max_consecutive_nonfinite:
         latest = checkpointer.latest_step()
+        saved = f"The latest checkpoint (step {latest}) holds finite values"
+        if latest is None:
+            saved = "No checkpoint was saved"
         raise NonFiniteError(
-            f"{progress.nonfinite_consecutive} consecutive steps with a non-finite loss or "
-            f"gradient at step {step}; stopping. The latest checkpoint (step {latest}) holds "
-            "finite values: lower the learning rate or check the data, then resume."
+            f"{progress.nonfinite_consecutive} consecutive steps with a non-finite loss, "
+            f"gradient or update at step {step}; stopping. {saved}: lower the learning rate "
+            "or check the data, then resume."
         )
 
 

@@ -1,9 +1,20 @@
 """Transcript normalisation and the sentencepiece vocabulary of a corpus.
 
 Every transcript is normalised the same way before it is tokenised, counted into a
-vocabulary or scored: lower-case, every character outside `[a-z0-9']` becomes a space,
-runs of spaces collapse to one, ends are stripped. `normalize_text` (Python) and
-`normalize_text_tf` (TensorFlow, used inside tasks) implement the same rule.
+vocabulary or scored, for text in any script:
+
+1. Unicode NFKC_Casefold: default-ignorable code points (soft hyphen, zero-width spaces and
+   joiners, bidi marks, variation selectors) are removed, then NFKC, case folding
+   (`str.casefold`: 'Straße' -> 'strasse', final sigma -> sigma), NFKC again;
+2. the typographic apostrophes U+2019 and U+02BC become `'`;
+3. every run of characters that are not letters, marks or numbers (Unicode categories L*, M*,
+   N*) or `'` becomes one space (so vowel signs and viramas stay inside their words); ends
+   are stripped.
+
+So 'Café, naïve résumé!' -> 'café naïve résumé' and 'नमस्ते दुनिया।' keeps its words; on
+ASCII text the rule is the earlier one (lower-case, every character outside `[a-z0-9']`
+becomes a space). `normalize_text` (Python) and `normalize_text_tf` (TensorFlow, used inside
+tasks: tensorflow-text's NFKC_Casefold and RE2 classes) implement the same rule.
 
 Vocabularies are unigram sentencepiece models (the recipe's 1024 word pieces) with the
 ids seqio expects: 0 = pad (also the CTC blank), 1 = eos, 2 = unk, no bos. They live at

@@ -1,8 +1,19 @@
-"""Tests for `bigssl prepare`: audio decoding, source layouts, shards, reports, resume."""
+"""Tests for `bigssl prepare`: audio decoding, source layouts, shards, reports, resume.
 
+Run as a script, this file re-prepares a tree and stalls after its first shard (the
+subprocess of the `kill -9` test):
+
+    python tests/test_prepare.py TREE DATA_DIR NUM_SHARDS MARKER
+"""
+
+import dataclasses
 import json
 import pathlib
 import shutil
+import signal as posix_signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -136,6 +147,55 @@ def test_load_audio_errors_have_reasons(tmp_path, make, reason):
         audio_io.load_audio(tmp_path / "nope.flac")
 
 
+def _write_cut_in_half(path: pathlib.Path, container: str, subtype: str) -> None:
+    """A 2 s 16 kHz sine written with soundfile, then cut to the first half of its bytes."""
+    sf.write(path, _tone(16000, 2.0), 16000, format=container, subtype=subtype)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "suffix, container, subtype",
+    [
+        ("wav", "WAV", "PCM_16"),
+        ("wav", "WAV", "IMA_ADPCM"),
+        ("wav", "WAVEX", "FLOAT"),
+        ("rf64", "RF64", "PCM_16"),
+        ("w64", "W64", "PCM_16"),
+        ("aiff", "AIFF", "PCM_16"),
+        ("aifc", "AIFF", "ULAW"),
+        ("au", "AU", "PCM_16"),
+        ("caf", "CAF", "PCM_16"),
+        ("nist", "NIST", "PCM_16"),
+        ("svx", "SVX", "PCM_16"),
+        ("opus", "OGG", "OPUS"),
+        ("ogg", "OGG", "VORBIS"),
+        ("flac", "FLAC", "PCM_16"),
+        ("mp3", "MP3", "MPEG_LAYER_III"),
+    ],
+)
+def test_a_file_cut_short_is_truncated_in_every_container(tmp_path, suffix, container, subtype):
+    whole = tmp_path / f"whole.{suffix}"
+    sf.write(whole, _tone(16000, 2.0), 16000, format=container, subtype=subtype)
+    assert abs(len(audio_io.load_audio(whole)) - 32000) <= 544  # ADPCM pads its last block
+    cut = tmp_path / f"cut.{suffix}"
+    _write_cut_in_half(cut, container, subtype)
+    with pytest.raises(audio_io.AudioError) as error:
+        audio_io.load_audio(cut)
+    assert error.value.reason == "truncated"
+
+
+def test_sizes_left_unknown_by_a_streaming_writer_or_trailing_chunks_are_not_truncation(tmp_path):
+    sf.write(tmp_path / "a.wav", _tone(16000, 0.5), 16000)
+    data = bytearray((tmp_path / "a.wav").read_bytes())
+    data[40:44] = (0xFFFFFFFF).to_bytes(4, "little")  # the data chunk's size: unknown
+    (tmp_path / "streamed.wav").write_bytes(bytes(data))
+    assert len(audio_io.load_audio(tmp_path / "streamed.wav")) == 8000
+    trailing = (tmp_path / "a.wav").read_bytes() + b"LIST" + (4).to_bytes(4, "little") + b"INFO"
+    (tmp_path / "trailing.wav").write_bytes(trailing)
+    assert len(audio_io.load_audio(tmp_path / "trailing.wav")) == 8000
+
+
 # ---------------------------------------------------------------- layouts
 
 
@@ -184,9 +244,10 @@ def test_librispeech_tree_prepares_and_registers(tmp_path):
     assert (report.kept, report.skipped) == (5, {})
     info = _registered(tmp_path / "data", "ls", "dev-clean")
     assert info.labeled and info.num_examples == 5 and info.extra_fields == ("chapter",)
+    tag = _report(tmp_path / "data", "ls", "dev-clean")["plan"]["tag"]
     assert [pathlib.Path(f).name for f in info.files] == [
-        "dev-clean-00000-of-00002.tfrecord",
-        "dev-clean-00001-of-00002.tfrecord",
+        f"dev-clean-{tag}-00000-of-00002.tfrecord",
+        f"dev-clean-{tag}-00001-of-00002.tfrecord",
     ]
     records = _read_split(info)
     assert sorted(records) == sorted(want)
@@ -326,6 +387,7 @@ def _bad_tree(root: pathlib.Path) -> dict[str, str]:
     sf.write(folder / "7-1-0007.flac", _tone(16000, 1.5), 16000)  # too long
     sf.write(folder / "7-1-0008.flac", good, 16000)  # empty transcript
     sf.write(folder / "7-1-0010.wav", np.zeros((0, 1), np.float32), 16000)  # header, no samples
+    _write_cut_in_half(folder / "7-1-0011.wav", "WAV", "PCM_16")
     lines = [
         b"7-1-0000 GOOD",
         b"7-1-0001 CORRUPT",
@@ -337,6 +399,7 @@ def _bad_tree(root: pathlib.Path) -> dict[str, str]:
         b"7-1-0008 ",
         b"7-1-0009 NO AUDIO",
         b"7-1-0010 NO SAMPLES",
+        b"7-1-0011 CUT SHORT",
     ]
     (folder / "7-1.trans.txt").write_bytes(b"\n".join(lines) + b"\n")
     return {
@@ -350,6 +413,7 @@ def _bad_tree(root: pathlib.Path) -> dict[str, str]:
         "7-1-0008": "empty_transcript",
         "7-1-0009": "missing_audio",
         "7-1-0010": "empty_audio",
+        "7-1-0011": "truncated",
     }
 
 
@@ -445,11 +509,12 @@ def test_interrupted_run_resumes_and_writes_every_utterance_once(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare_split(killed, data_dir=tmp_path, corpus="r", split="s", options=options)
     out = paths.prepared_dir(tmp_path, "r")
+    tag = prepare.plan_tag(prepare._plan(listing, options))
     done = sorted(p.name for p in out.glob("*.tfrecord"))
-    assert done == ["s-00000-of-00005.tfrecord", "s-00001-of-00005.tfrecord"]
+    assert done == [f"s-{tag}-00000-of-00005.tfrecord", f"s-{tag}-00001-of-00005.tfrecord"]
     assert not paths.registry_path(tmp_path).exists()
     # What a SIGKILL mid-shard leaves: a temporary file, which must never count as a shard.
-    (out / "s-00002-of-00005.tfrecord.tmp-4242").write_bytes(b"half a shard")
+    (out / f"s-{tag}-00002-of-00005.tfrecord.tmp-4242").write_bytes(b"half a shard")
     first = (out / done[0]).stat()
 
     report = prepare.prepare_split(
@@ -468,8 +533,113 @@ def test_interrupted_run_resumes_and_writes_every_utterance_once(tmp_path):
         split="s",
         options=prepare.PrepareOptions(num_shards=2),
     )
-    assert len(list(out.glob("s-*.tfrecord"))) == 2
+    assert len(list(out.glob("s-*.tfrecord"))) == len(list(out.glob("s-*.stats.json"))) == 2
     assert sorted(_read_split(_registered(tmp_path, "r", "s"))) == sorted(want)
+
+
+def _registered_files_exist(data_dir) -> bool:
+    """Whether every shard file the raw registry JSON names exists (read without checks)."""
+    data = json.loads(paths.registry_path(data_dir).read_text())
+    files = [f for c in data["corpora"].values() for s in c["splits"].values() for f in s["files"]]
+    return bool(files) and all(pathlib.Path(f).exists() for f in files)
+
+
+def test_a_failed_re_prepare_leaves_the_registry_on_the_last_good_shards(tmp_path):
+    want = _librispeech_tree(tmp_path / "tree")
+    options = prepare.PrepareOptions(num_shards=2)
+    prepare.prepare_split(
+        sources.librispeech_source(tmp_path / "tree"),
+        data_dir=tmp_path,
+        corpus="r",
+        split="s",
+        options=options,
+    )
+    before = _registered(tmp_path, "r", "s")
+    # The source changes (a new, corrupt file), so the plan does; --strict then fails on it.
+    folder = tmp_path / "tree" / "19" / "198"
+    (folder / "19-198-0002.flac").write_bytes(b"not audio" * 40)
+    with open(folder / "19-198.trans.txt", "a") as f:
+        f.write("19-198-0002 CORRUPT\n")
+    with pytest.raises(prepare.PrepareError, match="unreadable"):
+        prepare.prepare_split(
+            sources.librispeech_source(tmp_path / "tree"),
+            data_dir=tmp_path,
+            corpus="r",
+            split="s",
+            options=dataclasses.replace(options, strict=True),
+        )
+    assert _registered(tmp_path, "r", "s") == before and _registered_files_exist(tmp_path)
+    assert sorted(_read_split(before)) == sorted(want)
+
+
+def test_registry_entry_with_missing_shards_is_one_line_error(tmp_path):
+    _librispeech_tree(tmp_path / "tree")
+    prepare.prepare_split(
+        sources.librispeech_source(tmp_path / "tree"), data_dir=tmp_path, corpus="r", split="s"
+    )
+    shard = pathlib.Path(_registered(tmp_path, "r", "s").files[0])
+    shard.unlink()
+    with pytest.raises(registry.MissingShardsError) as error:
+        _registered(tmp_path, "r", "s")
+    assert isinstance(error.value, registry.CorpusNotFoundError)  # what every command catches
+    assert str(shard) in str(error.value) and "\n" not in str(error.value)
+
+
+def _prepare_until_killed(tree: str, data_dir: str, num_shards: str, marker: str) -> None:
+    """Re-prepares `tree` as corpus r / split s with `num_shards`, then, once its first new
+    shard is written, touches `marker` and waits to be killed (the subprocess of the
+    `kill -9` test)."""
+
+    class _Stalled(sources.FileSource):
+        def read(self, start, stop):
+            if start > 0:
+                pathlib.Path(marker).touch()
+                time.sleep(600)
+            yield from super().read(start, stop)
+
+    listing = sources.librispeech_source(tree)
+    stalled = _Stalled(listing.description, listing.entries, listing.labeled, listing.extra_fields)
+    options = prepare.PrepareOptions(num_shards=int(num_shards))
+    prepare.prepare_split(stalled, data_dir=data_dir, corpus="r", split="s", options=options)
+
+
+def test_kill_9_during_a_re_prepare_leaves_the_registry_on_files_that_exist(tmp_path):
+    want = _librispeech_tree(tmp_path / "tree")
+    listing = sources.librispeech_source(tmp_path / "tree")
+    prepare.prepare_split(
+        listing,
+        data_dir=tmp_path,
+        corpus="r",
+        split="s",
+        options=prepare.PrepareOptions(num_shards=2),
+    )
+    marker = tmp_path / "first-shard-written"
+    command = [sys.executable, __file__, str(tmp_path / "tree"), str(tmp_path), "5", str(marker)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), process.stderr.read().decode()[-2000:]
+    finally:
+        process.kill()  # SIGKILL
+        process.wait()
+    assert process.returncode == -posix_signal.SIGKILL
+    assert len(list(paths.prepared_dir(tmp_path, "r").glob("s-*-of-00005.tfrecord"))) == 1
+    assert _registered_files_exist(tmp_path)
+    assert sorted(_read_split(_registered(tmp_path, "r", "s"))) == sorted(want)
+
+    prepare.prepare_split(
+        listing,
+        data_dir=tmp_path,
+        corpus="r",
+        split="s",
+        options=prepare.PrepareOptions(num_shards=5),
+    )
+    info = _registered(tmp_path, "r", "s")
+    assert len(info.files) == 5 and sorted(_read_split(info)) == sorted(want)
+    out = paths.prepared_dir(tmp_path, "r")
+    assert sorted(out.glob("s-*.tfrecord")) == sorted(pathlib.Path(f) for f in info.files)
 
 
 # ---------------------------------------------------------------- TFDS, CLI
@@ -584,3 +754,7 @@ def test_prepares_the_corpus_of_make_corpus(tmp_path):
         want, rate = sf.read(root / "labeled" / line["audio"], dtype="int16")
         assert rate == 16000
         np.testing.assert_array_equal(record["pcm"], want)
+
+
+if __name__ == "__main__":
+    _prepare_until_killed(*sys.argv[1:])

@@ -187,6 +187,19 @@ def test_nonfinite_step_is_skipped_and_state_unchanged():
     assert float(metrics[trainer.NONFINITE]) == 0.0 and int(after.step) == 1
 
 
+OVERFLOWING = dataclasses.replace(OPTIMIZER, peak_lr=1e39)  # inf in float32
+
+
+def test_an_update_that_overflows_is_skipped_though_loss_and_gradient_are_finite():
+    step = jax.jit(trainer.make_train_step(ToyModel()))
+    state = _state(optimizers.make_optimizer(OVERFLOWING))
+    before = jax.tree.map(np.asarray, state)
+    after, metrics = step(state, jax.tree.map(jnp.asarray, toy_batch(1)), jax.random.key(0))
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    assert float(metrics[trainer.NONFINITE]) == 1.0
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, after), before)
+
+
 # ---------------------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------------------
@@ -223,6 +236,12 @@ def test_consecutive_nonfinite_steps_stop_with_finite_checkpoints(tmp_path):
     assert meta["input"] == {"position": 5} and meta["nonfinite_total"] == 0
     restored = checkpointing.restore_from(tmp_path, None)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored))
+
+
+def test_overflowing_updates_stop_the_run_and_are_never_saved(tmp_path):
+    with pytest.raises(trainer.NonFiniteError, match="No checkpoint was saved"):
+        _train(tmp_path, 20, optimizer=OVERFLOWING, max_consecutive_nonfinite=3, checkpoint_every=1)
+    assert not checkpointing.checkpoint_dir(tmp_path).exists() or _saved_steps(tmp_path) == []
 
 
 def test_sigterm_saves_the_current_step_and_stops(tmp_path):

@@ -7,9 +7,11 @@
     bigssl prepare --format=tfds --tfds_data_dir=~/tensorflow_datasets --source=dev_clean
     bigssl prepare --embedded=tiny            # every split of `bigssl make-corpus --preset=tiny`
 
-Shards go to `<data_dir>/prepared/<name>/<split>-0000i-of-000NN.tfrecord`, a report of
-skipped utterances to `<split>.report.json` beside them; re-running resumes. One line
-per split is printed: kept, hours, skipped by reason.
+Shards go to `<data_dir>/prepared/<name>/<split>-<plan tag>-0000i-of-000NN.tfrecord`, a
+report of skipped utterances to `<split>.report.json` beside them; re-running resumes, and a
+re-run with another plan (source, --num_shards, --max_seconds) switches the registry to its
+new shards only once they are all written (`bigssl_jax/data/prepare.py`). One line per split
+is printed: kept, hours, skipped by reason.
 """
 
 import pathlib

@@ -23,7 +23,7 @@ Exit codes: 0 done; 1 a user error (one line on stderr); 2 bad flags.
 import json
 import sys
 
-from absl import flags, logging
+from absl import flags
 
 from bigssl_jax.commands import common_flags
 
@@ -110,5 +110,4 @@ def main(argv) -> int:
     if missing:
         print(f"pseudo-label: {', '.join(missing)} required", file=sys.stderr)
         return 2
-    logging.set_verbosity(logging.WARNING)
     return _run(common_flags.data_dir())

@@ -3,7 +3,9 @@
 `load_audio` decodes whatever libsndfile reads (WAV, FLAC, OGG/Vorbis, MP3, AIFF, ...),
 plus headerless raw PCM when the sample rate is given, downmixes to mono, resamples
 to `schema.SAMPLE_RATE` with libsoxr and quantises to int16. Every failure is an
-`AudioError` whose `reason` is one of the short codes the prepare report counts.
+`AudioError` whose `reason` is one of the short codes the prepare report counts. A file
+cut short is `truncated`, whether its container's sizes (`audio_headers`) or its declared
+frame count (FLAC STREAMINFO, MP3 Xing) promise more than it holds.
 
 Quantisation uses the same scale as `schema.pcm16_to_audio` (x * 32768), so a
 16 kHz 16-bit source goes through bit-exactly.
@@ -16,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from bigssl_jax.data import schema
+from bigssl_jax.data import audio_headers, schema
 
 RAW_EXTENSIONS = (".raw", ".pcm")
 RAW_SUBTYPE = "PCM_16"
@@ -63,6 +65,16 @@ def resample(audio: np.ndarray, rate: int, target_rate: int = schema.SAMPLE_RATE
     if rate == target_rate or audio.shape[0] == 0:
         return audio
     return soxr.resample(audio, rate, target_rate, quality="HQ").astype(np.float32)
+
+
+def _check_complete(path: pathlib.Path) -> None:
+    """Raises AudioError('truncated') when the container declares more bytes than the file has
+    (libsndfile shrinks a cut WAV / AIFF / AU ... to what is there; see `audio_headers`)."""
+    end, size = audio_headers.declared_data_end(path), path.stat().st_size
+    if end is not None and end > size:
+        raise AudioError(
+            "truncated", f"the container declares at least {end} bytes, the file holds {size}"
+        )
 
 
 def _decode(path: pathlib.Path, sample_rate: int | None) -> tuple[np.ndarray, int]:
@@ -114,6 +126,8 @@ def load_audio(path: os.PathLike, *, sample_rate: int | None = None) -> np.ndarr
         raise AudioError("missing_audio", f"no such file: {path}")
     if path.stat().st_size == 0:
         raise AudioError("empty_audio", "the file is empty (0 bytes)")
+    if not is_raw(path):
+        _check_complete(path)
     audio, rate = _decode(path, sample_rate)
     if not np.all(np.isfinite(audio)):
         raise AudioError("unreadable", "the file holds NaN or infinite samples")

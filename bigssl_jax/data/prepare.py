@@ -2,15 +2,22 @@
 
 For one split, `prepare_split`:
 
-1. plans: utterance i of N goes to shard floor(i * S / N) (contiguous ranges), and the
-   plan (source fingerprint, S, options) is saved as `<split>.plan.json`; a changed
-   plan discards the split's old shards;
-2. writes every shard whose final file is missing: records go to a temporary file,
-   the shard's stats (`<shard>.stats.json`: kept count, samples, skipped utterances)
-   are written next, and the temporary file is renamed last. A killed run therefore
-   never leaves a shard that reads as complete, and a re-run keeps finished shards;
-3. writes `<split>.report.json` (kept, hours, counts per skip reason, every skipped
-   utterance with its reason) and, last, registers the split in the corpus registry.
+1. plans: utterance i of N goes to shard floor(i * S / N) (contiguous ranges). The plan
+   (source fingerprint, S, options) is hashed into a tag that every shard's name carries,
+   `<split>-<tag>-0000i-of-000NN.tfrecord`, so a changed plan (another source, shard count
+   or length limit) writes new shards beside the old ones instead of over them;
+2. writes every shard of the plan whose final file is missing: records go to a temporary
+   file, the shard's stats (`<shard>.stats.json`: kept count, samples, skipped utterances)
+   are written next, and the temporary file is renamed last. A killed run therefore never
+   leaves a shard that reads as complete, and a re-run keeps finished shards;
+3. writes `<split>.report.json` (the plan, kept, hours, counts per skip reason, every skipped
+   utterance with its reason);
+4. switches the split's registry entry to the new shards (one atomic rename of the
+   registry file), and only then deletes the split's other shards (an older plan's, a killed
+   run's temporary files).
+
+So a prepare that fails or is killed at any point leaves the registry naming the shards of
+the last prepare that succeeded, all of them present.
 
 An utterance is skipped (counted, reported) when its audio is missing, unreadable,
 truncated, empty or all zero, longer than `max_seconds`, or when a labeled split has
@@ -20,12 +27,15 @@ naming the file and the reason.
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import math
 import multiprocessing
 import os
 import pathlib
+import re
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -80,9 +90,11 @@ class SplitReport:
         )
 
 
-def shard_path(out_dir: pathlib.Path, split: str, index: int, num_shards: int) -> pathlib.Path:
-    """`<out_dir>/<split>-00000-of-000NN.tfrecord`."""
-    return out_dir / f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+def shard_path(
+    out_dir: pathlib.Path, split: str, tag: str, index: int, num_shards: int
+) -> pathlib.Path:
+    """`<out_dir>/<split>-<tag>-00000-of-000NN.tfrecord`, `tag` naming the plan."""
+    return out_dir / f"{split}-{tag}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
 def _stats_path(shard: pathlib.Path) -> pathlib.Path:
@@ -153,37 +165,46 @@ def _write_shard(
     return stats
 
 
-def _plan(
-    source: sources.Source, out_dir: pathlib.Path, split: str, options: PrepareOptions
-) -> int:
-    """Chooses the number of shards and resets the split if its plan changed."""
+def _plan(source: sources.Source, options: PrepareOptions) -> dict:
+    """What the split's shards hold: the source, its size, the shard count and the options."""
     num_shards = options.num_shards or math.ceil(source.estimated_bytes() / SHARD_SOURCE_BYTES)
-    num_shards = max(1, min(num_shards, len(source)))
-    plan = {
+    return {
         "version": PLAN_VERSION,
         "source": source.description,
         "fingerprint": source.fingerprint(),
         "num_utterances": len(source),
-        "num_shards": num_shards,
+        "num_shards": max(1, min(num_shards, len(source))),
         "max_seconds": options.max_seconds,
     }
-    plan_path = out_dir / f"{split}.plan.json"
-    old = json.loads(plan_path.read_text()) if plan_path.exists() else None
-    for stale in out_dir.glob(f"{split}-*-of-*.*"):
-        name, tmp, _ = stale.name.partition(".tmp-")
-        if _is_shard_file(name, split) and (tmp or old != plan):
-            stale.unlink()  # a killed run's temporary file, or a shard of an old plan
-    if old != plan:
-        _atomic_write_text(plan_path, json.dumps(plan, indent=2))
-    return num_shards
 
 
-def _is_shard_file(name: str, split: str) -> bool:
-    """Whether file `name` is a shard or shard-stats file of `split` (and not of `split-x`)."""
-    rest = name[len(split) + 1 :]
-    return (
-        rest[:5].isdigit() and rest[5:9] == "-of-" and rest.endswith((".tfrecord", ".stats.json"))
+def plan_tag(plan: dict) -> str:
+    """The 8 hex digits of the plan's hash that its shards' names carry."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _split_files(out_dir: pathlib.Path, split: str) -> list[pathlib.Path]:
+    """Every shard, shard-stats or temporary shard file of `split` (not of `split-x`), of
+    any plan (shards named before plan tags, `<split>-0000i-of-000NN`, included)."""
+    pattern = re.compile(
+        re.escape(split)
+        + r"-(?:[0-9a-f]{8}-)?\d{5}-of-\d{5}\.(?:tfrecord|stats\.json)(?:\.tmp-\d+)?"
     )
+    return [path for path in out_dir.iterdir() if pattern.fullmatch(path.name)]
+
+
+def _remove_split_files(
+    out_dir: pathlib.Path,
+    split: str,
+    *,
+    keep: Sequence[pathlib.Path] = (),
+    temporary_only: bool = False,
+) -> None:
+    """Deletes the split's files (`_split_files`) except `keep`, or only its temporary ones."""
+    keep = {path.name for path in keep}
+    for path in _split_files(out_dir, split):
+        if path.name not in keep and (".tmp-" in path.name or not temporary_only):
+            path.unlink(missing_ok=True)
 
 
 _worker_source: sources.Source | None = None
@@ -233,8 +254,10 @@ def _write_report(
     split: str,
     source: sources.Source,
     files: list[pathlib.Path],
+    plan: dict,
 ) -> tuple[dict, pathlib.Path]:
-    """Sums the shard stats into `<split>.report.json`; returns (report, its path)."""
+    """Sums the shard stats into `<split>.report.json` (with the plan and its tag); returns
+    (report, its path)."""
     shard_stats = [json.loads(_stats_path(shard).read_text()) for shard in files]
     skipped = [item for stats in shard_stats for item in stats["skipped"]]
     num_samples = sum(stats["num_samples"] for stats in shard_stats)
@@ -249,6 +272,7 @@ def _write_report(
         "skipped_by_reason": dict(sorted(Counter(item["reason"] for item in skipped).items())),
         "skipped": skipped,
         "files": [str(shard) for shard in files],
+        "plan": {**plan, "tag": plan_tag(plan)},
     }
     path = out_dir / f"{split}.report.json"
     _atomic_write_text(path, json.dumps(report, indent=2) + "\n")
@@ -284,16 +308,18 @@ def prepare_split(
         raise PrepareError(f"{source.description}: no utterances found")
     out_dir = paths.prepared_dir(data_dir, corpus).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    num_shards = _plan(source, out_dir, split, options)
+    _remove_split_files(out_dir, split, temporary_only=True)  # a killed run's
+    plan = _plan(source, options)
+    tag, num_shards = plan_tag(plan), plan["num_shards"]
     files, pending = [], []
     for index in range(num_shards):
-        shard = shard_path(out_dir, split, index, num_shards)
+        shard = shard_path(out_dir, split, tag, index, num_shards)
         files.append(shard)
         if not (shard.exists() and _stats_path(shard).exists()):
             start, stop = (len(source) * i // num_shards for i in (index, index + 1))
             pending.append((shard, start, stop))
     _run_shards(source, pending, options)
-    report, report_path = _write_report(out_dir, corpus, split, source, files)
+    report, report_path = _write_report(out_dir, corpus, split, source, files, plan)
     if options.strict and report["skipped"]:  # left by an earlier, non-strict run
         first = report["skipped"][0]
         raise PrepareError(f"{first['location']}: {first['reason']}: {first['detail']}")
@@ -312,6 +338,7 @@ def prepare_split(
     registry.CorpusRegistry(paths.registry_path(data_dir)).register_split(
         corpus, split, info, source=source.description
     )
+    _remove_split_files(out_dir, split, keep=[*files, *map(_stats_path, files)])
     return SplitReport(
         corpus,
         split,

@@ -9,7 +9,10 @@ corpora up here by name. The file lives at `<data_dir>/registry.json`:
                                "num_examples": 1000, "hours": 1.02, "labeled": true,
                                "extra_fields": ["accent", "voice"]}, ...}}}}
 
-Writes are atomic (temporary file, then rename).
+Writes are atomic (temporary file, then rename), and `bigssl prepare` registers a split's new
+shards before it deletes the old ones, so an entry never names deleted files; should one
+anyway (files removed by hand, a copied registry), reading it raises `MissingShardsError`,
+which names the first missing file and the command that rewrites them.
 """
 
 import dataclasses
@@ -17,12 +20,18 @@ import json
 import os
 import pathlib
 
+from bigssl_jax import paths
+
 
 class CorpusNotFoundError(KeyError):
     """A corpus or split name that the registry does not hold."""
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class MissingShardsError(CorpusNotFoundError):
+    """A registered split whose shard files are not all there."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +89,12 @@ class CorpusRegistry:
         return sorted(self._load()["corpora"])
 
     def splits(self, corpus: str) -> dict[str, SplitInfo]:
-        """The splits of `corpus`; raises CorpusNotFoundError with the known names."""
+        """The splits of `corpus`.
+
+        Raises:
+          CorpusNotFoundError: `corpus` is not registered (the message lists the known names).
+          MissingShardsError: a split names a shard file that does not exist.
+        """
         corpora = self._load()["corpora"]
         if corpus not in corpora:
             known = ", ".join(sorted(corpora)) or "none"
@@ -88,7 +102,22 @@ class CorpusRegistry:
                 f"corpus '{corpus}' is not in the registry {self.path} (registered: {known}); "
                 "run `bigssl prepare` first"
             )
-        return {name: SplitInfo.from_json(info) for name, info in corpora[corpus]["splits"].items()}
+        splits = {
+            name: SplitInfo.from_json(info) for name, info in corpora[corpus]["splits"].items()
+        }
+        for name, info in sorted(splits.items()):
+            self._check_files(corpus, name, info)
+        return splits
+
+    def _check_files(self, corpus: str, split: str, info: SplitInfo) -> None:
+        """Raises MissingShardsError naming the first of `info.files` that does not exist."""
+        missing = [file for file in info.files if not paths.as_path(file).exists()]
+        if missing:
+            raise MissingShardsError(
+                f"corpus '{corpus}' split '{split}' in the registry {self.path} names "
+                f"{len(missing)} of {len(info.files)} shard files that do not exist (first: "
+                f"{missing[0]}); run `bigssl prepare` for it again"
+            )
 
     def split(self, corpus: str, split: str) -> SplitInfo:
         """One split of `corpus`; raises CorpusNotFoundError with the known split names."""

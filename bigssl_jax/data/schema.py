@@ -1,7 +1,7 @@
 """The on-disk layout of a prepared corpus split: one `tf.train.Example` per utterance.
 
 Every prepared split (`bigssl prepare`, any source) is a set of TFRecord shards
-`<split>-00000-of-000NN.tfrecord` whose records hold these features:
+`<split>-<plan tag>-00000-of-000NN.tfrecord` whose records hold these features:
 
 | feature       | type   | meaning                                                         |
 |---------------|--------|-----------------------------------------------------------------|

@@ -1,7 +1,8 @@
 """Word and character error rates of transcripts, scored with jiwer.
 
 References and hypotheses are normalised with `bigssl_tasks.vocab.normalize_text`, the
-rule applied to training transcripts, then aligned by Levenshtein distance (jiwer). Rates
+rule applied to training transcripts (Unicode-aware: letters, marks and numbers of any
+script are kept, case-folded), then aligned by Levenshtein distance (jiwer). Rates
 are corpus-level,
 
     WER = (S + D + I) / N,
@@ -236,7 +237,8 @@ def detokenize(
       eos_id: ids from the first one onwards are ignored.
 
     Returns:
-      B strings.
+      B strings, each run of whitespace collapsed to one space and the ends stripped (a
+      lone word-boundary piece decodes to a space of its own).
     """
     ids = np.asarray(ids)
     valid = np.asarray(paddings) < 0.5
@@ -245,5 +247,6 @@ def detokenize(
         tokens = [int(t) for t in row[row_valid]]
         if eos_id in tokens:
             tokens = tokens[: tokens.index(eos_id)]
-        texts.append(vocab.decode([t for t in tokens if t != vocab_lib.PAD_ID]))
+        text = vocab.decode([t for t in tokens if t != vocab_lib.PAD_ID])
+        texts.append(" ".join(text.split()))
     return texts
