@@ -2,13 +2,14 @@
 
     Create(units 0..U-1) -> Reshuffle -> ParDo(LabelUnits) -> Count -> finalize
 
-Each worker loads the teacher once (`DoFn.setup`, from a `pseudo_label.TeacherSpec`: the
-run, the decoding overrides and the fusion LM the launcher checked) and runs
+Each worker loads the teacher once (`DoFn.setup`, from a `pseudo_label_job.TeacherSpec`:
+the run, the decoding overrides and the fusion LM the launcher checked) and runs
 `pseudo_label.label_unit` on the units it is handed: the same files, atomic renames and
 done markers as `bigssl pseudo-label`, so a retried or speculatively duplicated bundle
 rewrites a unit's one file and no utterance is labeled twice; re-running a failed pipeline
 skips the units already done. After the last unit, one worker filters and writes the
-manifest and report (`pseudo_label.finalize`). Needs the `beam` extra
+manifest and report (`pseudo_label.finalize`). The job is set up as `bigssl pseudo-label`
+sets up its own (`pseudo_label_job.set_up_job`). Needs the `beam` extra
 (`pip install -e ".[beam]"`); runs on the DirectRunner, Dataflow, Flink or Spark
 (see docs/self_training.md).
 
@@ -21,36 +22,16 @@ manifest and report (`pseudo_label.finalize`). Needs the `beam` extra
 beam search, as `bigssl pseudo-label` does.
 """
 
-import dataclasses
 import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
 
-from bigssl_jax import pseudo_label
+from bigssl_jax import pseudo_label, pseudo_label_job
 
 
-@dataclasses.dataclass(frozen=True)
-class FinalizeSpec:
-    """What the last step needs (see `pseudo_label.finalize`)."""
-
-    name: str
-    vocabulary: str
-    filtering: pseudo_label.FilterConfig = pseudo_label.FilterConfig()
-    oracle_files: tuple[str, ...] = ()
-    num_input_examples: int | None = None
-
-
-def _finalize(_, output_dir: str, spec: FinalizeSpec) -> dict:
-    oracle = pseudo_label.read_oracle_texts(spec.oracle_files) if spec.oracle_files else None
-    return pseudo_label.finalize(
-        output_dir,
-        name=spec.name,
-        vocabulary=spec.vocabulary,
-        filtering=spec.filtering,
-        oracle=oracle,
-        num_input_examples=spec.num_input_examples,
-    )
+def _finalize(_, output_dir: str, spec: pseudo_label_job.FinalizeSpec) -> dict:
+    return spec.run(output_dir)
 
 
 def build(
@@ -58,7 +39,7 @@ def build(
     *,
     teacher_fn: Callable[[], pseudo_label.Teacher],
     config: pseudo_label.LabelConfig,
-    finalize: FinalizeSpec,
+    finalize: pseudo_label_job.FinalizeSpec,
     register_tasks: Callable[[], object] | None = None,
 ):
     """Adds the labeling to `pipeline`; returns the PCollection of the one report.
@@ -66,7 +47,7 @@ def build(
     Args:
       pipeline: a `beam.Pipeline`.
       teacher_fn: builds the teacher on a worker (picklable, e.g. a
-        `pseudo_label.TeacherSpec`'s `load`).
+        `pseudo_label_job.TeacherSpec`'s `load`).
       config: the labeling job (`config.task` must be registered on the workers:
         `register_tasks` does it in each worker's setup).
       finalize: the filtering and manifest settings.
@@ -105,16 +86,18 @@ def _register_corpus(corpus: str, data_dir: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bigssl_jax.beam_pseudo_label [flags] -- [Beam pipeline options]`."""
+    """`python -m bigssl_jax.beam_pseudo_label [flags] -- [Beam pipeline options]`.
+
+    An entry point, like a `bigssl` command: it builds the teacher's (and LM's) model from
+    the runs' gin here (`gin_utils.run_model`), once, for every worker.
+    """
     import argparse
 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from bigssl_jax import gin_utils, inference, paths
+    from bigssl_jax import gin_utils
     from bigssl_jax.data import registry as registry_lib
-    from bigssl_jax.data import schema
-    from bigssl_tasks import corpus_tasks
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for flag in ("checkpoint", "data_dir", "corpus", "output_dir"):
@@ -130,55 +113,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep_top_fraction", type=float, default=1.0)
     parser.add_argument("--normalization", default="token", choices=pseudo_label.NORMALIZATIONS)
     args, beam_args = parser.parse_known_args(argv)
-    try:
-        info = registry_lib.CorpusRegistry(paths.registry_path(args.data_dir)).split(
-            args.corpus, args.split
+    spec = functools.partial(
+        pseudo_label_job.teacher_spec,
+        args.checkpoint,
+        run_model=gin_utils.run_model,
+        beam_size=args.beam_size,
+        max_output_length=args.max_output_length,
+        lm_checkpoint=args.lm_checkpoint,
+        lm_weight=args.lm_weight,
+    )
+    try:  # the teacher is loaded here: checked once, its settings and name go into the job
+        job = pseudo_label_job.set_up_job(
+            data_dir=args.data_dir,
+            corpus=args.corpus,
+            split=args.split,
+            output_dir=args.output_dir,
+            teacher_spec=spec,
+            name=args.name,
+            batch_size=args.batch_size,
+            filtering=pseudo_label.FilterConfig(
+                min_confidence=args.min_confidence,
+                keep_top_fraction=args.keep_top_fraction,
+                normalization=args.normalization,
+            ),
         )
-        register = functools.partial(_register_corpus, args.corpus, args.data_dir)
-        register()
-        task = corpus_tasks.task_name(args.corpus, args.split, "unlabeled")
-        # Resolved once: every worker fuses the step the manifest names.
-        lm_step_dir = inference.resolve_lm_checkpoint(args.lm_checkpoint)
-        teacher_spec = pseudo_label.TeacherSpec(  # the models built here, from the runs' gin
-            args.checkpoint,
-            gin_utils.run_model(args.checkpoint),
-            beam_size=args.beam_size,
-            max_output_length=args.max_output_length,
-            lm_checkpoint=lm_step_dir,
-            lm_model=gin_utils.fusion_lm_model(lm_step_dir),
-            lm_weight=args.lm_weight,
-        )
-        teacher = teacher_spec.load()  # checked here; its settings and name go into the job
     except (registry_lib.CorpusNotFoundError, KeyError, FileNotFoundError, ValueError) as error:
         print(f"beam_pseudo_label: {error}", file=sys.stderr)
         return 1
-    config = pseudo_label.LabelConfig(
-        task=task,
-        output_dir=args.output_dir,
-        num_units=pseudo_label.num_units(task),
-        teacher=teacher.name,
-        decoding=teacher.model.decoding,
-        lm=lm_step_dir or "",
-        batch_size=args.batch_size,
-    )
-    spec = FinalizeSpec(
-        name=args.name or f"{args.corpus}_{args.split}_pseudo",
-        vocabulary=teacher.model.vocabulary,
-        filtering=pseudo_label.FilterConfig(
-            min_confidence=args.min_confidence,
-            keep_top_fraction=args.keep_top_fraction,
-            normalization=args.normalization,
-        ),
-        oracle_files=tuple(info.files) if schema.ORACLE_TEXT_FIELD in info.extra_fields else (),
-        num_input_examples=info.num_examples,
-    )
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
         reports = build(
             pipeline,
-            teacher_fn=teacher_spec.load,
-            config=config,
-            finalize=spec,
-            register_tasks=register,
+            teacher_fn=job.teacher_spec.load,
+            config=job.config,
+            finalize=job.finalize,
+            register_tasks=functools.partial(_register_corpus, args.corpus, args.data_dir),
         )
         reports | "Print" >> beam.Map(lambda report: print(json.dumps(report, indent=2)))
     return 0

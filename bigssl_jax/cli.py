@@ -6,19 +6,21 @@ Each command lives in `bigssl_jax/commands/<name>.py`, is imported only when cho
 (so `bigssl make-corpus` does not pay for JAX or TensorFlow), defines its own absl
 flags, and exposes `main(argv)`; one that takes positional arguments (file names) sets
 `TAKES_ARGUMENTS = True`, others reject them. Gin files and bindings are parsed before `main`
-runs; a gin error is one line on stderr and exit code 2.
+runs. The console shows the command's own lines; the libraries' chatter goes to
+`<model_dir>/bigssl.log` or, with `--verbose`, to the console too (`bigssl_jax.console`).
+
+Exit codes (README, "Exit codes"): 0 success; 1 a runtime or data error (a missing corpus or
+checkpoint, bad audio with --strict, a non-finite run), one line on stderr; 2 a usage error
+(an unknown command, flag or flag value, a missing required flag, stray arguments, a gin
+error), one line on stderr; 143 training stopped by SIGTERM / SIGINT after saving a checkpoint.
 """
 
 import importlib
-import os
 import sys
-
-# TensorFlow (used by the input pipeline only) would log its CPU/GPU probing at start-up.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-from bigssl_jax import gin_utils
+from bigssl_jax import console, gin_utils
 from bigssl_jax.commands import common_flags
 
 # name -> (module, one-line help)
@@ -61,6 +63,9 @@ def _with_gin(command_main, takes_arguments: bool):
     operative config."""
 
     def run(argv):
+        console.start(
+            argv[0], model_dir=common_flags.MODEL_DIR.value, verbose=common_flags.VERBOSE.value
+        )
         if len(argv) > 1 and not takes_arguments:
             print(f"{argv[0]}: unexpected arguments {argv[1:]}", file=sys.stderr)
             return 2
@@ -88,6 +93,15 @@ def _with_gin(command_main, takes_arguments: bool):
     return run
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with an error as one line and exit code 2 (a usage error)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        print(f"{argv[0]}: flag error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None) -> None:
     """Dispatches `bigssl <command> ...` to the command's module."""
     argv = list(sys.argv if argv is None else argv)
@@ -98,6 +112,8 @@ def main(argv=None) -> None:
     if name not in COMMANDS:
         print(f"bigssl: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
+    console.prepare_environment()  # before any command imports JAX or TensorFlow
+    console.filter_native_stderr()
     module = importlib.import_module(COMMANDS[name][0])
     # absl's --help lists the key flags of the module named by sys.argv[0]: make those the
     # command's own flags and the common ones.
@@ -107,7 +123,11 @@ def main(argv=None) -> None:
     ]:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     takes_arguments = getattr(module, "TAKES_ARGUMENTS", False)
-    app.run(_with_gin(module.main, takes_arguments), argv=[f"bigssl {name}", *argv[2:]])
+    app.run(
+        _with_gin(module.main, takes_arguments),
+        argv=[f"bigssl {name}", *argv[2:]],
+        flags_parser=_parse_flags,
+    )
 
 
 if __name__ == "__main__":

@@ -225,13 +225,3 @@ def load_fusion_lm(checkpoint: os.PathLike | str | None):
     if inference.is_ngram_run(checkpoint):
         return inference.load_ngram_run(checkpoint)
     return load_model(checkpoint, own_config=True)
-
-
-def fusion_lm_model(checkpoint: os.PathLike | str | None):
-    """The model of a Transformer LM run to fuse (`run_model` of its own config); None for no
-    LM or an n-gram run (which has no model to build)."""
-    from bigssl_jax import inference
-
-    if not checkpoint or inference.is_ngram_run(checkpoint):
-        return None
-    return run_model(checkpoint, own_config=True)

@@ -132,8 +132,6 @@ def build_dataset(config: InputConfig, *, shard_info=None, epoch: int = 0, skip_
     import seqio
     import tensorflow as tf
 
-    from bigssl_tasks import preprocessors
-
     provider = seqio.get_mixture_or_task(config.task)
     seed = epoch_seed(config.seed, epoch)  # of the shuffle and the speed draws
     kwargs = {
@@ -151,8 +149,8 @@ def build_dataset(config: InputConfig, *, shard_info=None, epoch: int = 0, skip_
         kwargs["shuffle_buffer_size"] = config.shuffle_buffer_size
     dataset = provider.get_dataset(**kwargs)
     if config.speed_factors:
-        dataset = preprocessors.speed_perturb(dataset, factors=config.speed_factors, seed=seed)
-    dataset = preprocessors.filter_by_length(
+        dataset = speed_perturb(dataset, factors=config.speed_factors, seed=seed)
+    dataset = filter_by_length(
         dataset,
         min_seconds=config.min_seconds,
         max_seconds=config.longest_seconds,
@@ -163,6 +161,79 @@ def build_dataset(config: InputConfig, *, shard_info=None, epoch: int = 0, skip_
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-run transforms (after the task's preprocessors, before batching).
+# ---------------------------------------------------------------------------------------
+
+
+def speed_perturb(dataset, *, factors: tuple[float, ...], seed: int):
+    """Kaldi-style speed perturbation: each utterance plays at a factor drawn from `factors`.
+
+    Example i (its position in `dataset`) draws k ~ Uniform{0, ..., len(factors) - 1} from a
+    stateless generator seeded by (seed, i), so a dataset in a fixed order is perturbed the
+    same way on every run. With f = factors[k], the decoded audio x [S] becomes
+        y[n] = x(n * f),  n = 0, ..., floor((S - 1) / f),
+    read between samples by linear interpolation: f > 1 is faster and higher (fewer samples),
+    f < 1 slower and lower, so tempo, pitch and formants move together as in `sox speed`.
+    Linear interpolation does not low-pass before decimating: for f > 1, content above
+    8 kHz / f folds back (above 7.3 kHz for f = 1.1, the edge of the log-mel bands).
+    Targets and every other feature are unchanged.
+
+    Args:
+      dataset: examples with float32 `audio` [S].
+      factors: speed factors to draw from, e.g. (0.9, 1.0, 1.1); all > 0.
+      seed: int seed of the draws.
+    """
+    import tensorflow as tf
+
+    if not factors or min(factors) <= 0.0:
+        raise ValueError(f"speed factors must be a non-empty tuple of positive numbers: {factors}")
+    factor_table = tf.constant(factors, tf.float64)  # exact positions in long clips
+
+    def perturb(index, ex):
+        pick = tf.random.stateless_uniform(
+            [],
+            seed=tf.stack([tf.constant(seed, tf.int64), index]),
+            maxval=len(factors),
+            dtype=tf.int32,
+        )
+        factor = factor_table[pick]
+        audio = ex["audio"]
+        last = tf.shape(audio)[0] - 1
+        new_length = tf.cast(tf.floor(tf.cast(last, tf.float64) / factor), tf.int32) + 1
+        position = tf.cast(tf.range(new_length), tf.float64) * factor
+        left = tf.minimum(tf.cast(tf.floor(position), tf.int32), last)
+        right = tf.minimum(left + 1, last)
+        frac = tf.cast(position - tf.cast(left, tf.float64), tf.float32)
+        resampled = tf.gather(audio, left) * (1.0 - frac) + tf.gather(audio, right) * frac
+        return {**ex, "audio": resampled}
+
+    return dataset.enumerate().map(perturb, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def filter_by_length(
+    dataset,
+    *,
+    min_seconds: float = 0.0,
+    max_seconds: float | None = None,
+    sample_rate: int = schema.SAMPLE_RATE,
+):
+    """Keeps examples whose decoded audio [S] has min_seconds <= S / rate <= max_seconds."""
+    import tensorflow as tf
+
+    min_samples = int(round(min_seconds * sample_rate))
+    max_samples = None if max_seconds is None else int(round(max_seconds * sample_rate))
+
+    def keep(ex):
+        length = tf.shape(ex["audio"])[0]
+        ok = length >= min_samples
+        if max_samples is not None:
+            ok = tf.logical_and(ok, length <= max_samples)
+        return ok
+
+    return dataset.filter(keep)
 
 
 class EpochIterator(Iterator):

@@ -1,11 +1,14 @@
 """Pseudo-labeling: a teacher transcribes an unlabeled seqio task (noisy student training).
 
-    model = gin_utils.run_model("/runs/ctc")  # at the seam
-    teacher = pseudo_label.load_teacher("/runs/ctc", model, decoding=DecodingConfig(beam_size=8))
+    teacher = pseudo_label_job.load_teacher("/runs/ctc", model)   # model: gin_utils.run_model
     config = pseudo_label.LabelConfig(task="c_unlabeled_unlabeled", output_dir="/pl/gen1",
                                       teacher=teacher.name, num_units=num_units("c_..."))
     pseudo_label.label_units(teacher, config, process_units(config.num_units))
     report = pseudo_label.finalize(config.output_dir, name="pl_gen1", filtering=FilterConfig())
+
+A job's set-up (the corpus's task, the teacher with its decoding overrides and fusion LM,
+the filtering) is `bigssl_jax.pseudo_label_job`'s, shared by `bigssl pseudo-label` and the
+Beam runner.
 
 Work units. Unit u of U is the u-th TFRecord file of the task (`seqio.ShardInfo(u, U)`
 selects exactly that file), read in order, batched by length buckets and decoded with
@@ -51,6 +54,7 @@ import jax
 import numpy as np
 
 from bigssl_jax.data import schema
+from bigssl_jax.data import vocabulary as vocab_lib
 from bigssl_jax.evaluation import wer
 from bigssl_jax.models import asr
 
@@ -224,87 +228,6 @@ def start_job(config: LabelConfig) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def load_teacher(
-    checkpoint: os.PathLike,
-    model: Any,
-    *,
-    decoding: asr.DecodingConfig | None = None,
-    lm: Any = None,
-) -> Teacher:
-    """The teacher saved at `checkpoint` (a run, checkpoints or step directory).
-
-    Args:
-      checkpoint: where `bigssl train` saved it (see `bigssl_jax.inference`).
-      model: the run's model wrapper, built at the seam (`gin_utils.run_model`).
-      decoding: replaces the run's decoding settings.
-      lm: a shallow-fusion language model (`decoding.lm_interface`), or None.
-
-    Returns:
-      The teacher, named by its step directory.
-    """
-    from bigssl_jax import checkpointing, inference
-
-    loaded = inference.load_model(checkpoint, model)
-    model = dataclasses.replace(loaded.model, decoding=decoding or loaded.model.decoding, lm=lm)
-    step_dir = checkpointing.resolve_init_checkpoint(checkpoint)
-    return Teacher(model, loaded.variables, str(step_dir))
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherSpec:
-    """How to load a teacher: its run and model, decoding overrides and fusion LM. Picklable
-    (the model wrappers are frozen dataclasses, built once by the launcher from the runs'
-    gin), so that every Beam worker restores the teacher the launcher checked (`load`)
-    without reading gin.
-
-    Attributes:
-      checkpoint: the teacher's run, checkpoints or step directory.
-      model: the teacher run's model wrapper (`gin_utils.run_model`).
-      beam_size: replaces the run's beam size (None: the run's).
-      max_output_length: replaces the run's longest transcript in tokens (None: the run's).
-      lm_checkpoint: a `bigssl train-lm` run (resolve it to a step directory first, so that
-        every worker fuses the same step), a `bigssl train-ngram` run, or None for no fusion.
-      lm_model: the Transformer LM run's model wrapper (None for an n-gram run).
-      lm_weight: the fusion weight (None: the run's `DecodingConfig.lm_weight`).
-    """
-
-    checkpoint: str
-    model: Any
-    beam_size: int | None = None
-    max_output_length: int | None = None
-    lm_checkpoint: str | None = None
-    lm_model: Any = None
-    lm_weight: float | None = None
-
-    def load(self) -> Teacher:
-        """The teacher with the overrides applied and the LM fused.
-
-        Raises:
-          FileNotFoundError: no finalised checkpoint at the teacher or the LM.
-          ValueError: a teacher without a vocabulary, or an LM that cannot be fused
-            (`inference.with_fusion_lm`).
-        """
-        from bigssl_jax import inference
-
-        teacher = load_teacher(self.checkpoint, self.model)
-        if not teacher.model.vocabulary:
-            raise ValueError(
-                f"the teacher at {self.checkpoint} has no vocabulary (vocabulary.model)"
-            )
-        overrides = {"beam_size": self.beam_size, "max_output_length": self.max_output_length}
-        decoding = dataclasses.replace(
-            teacher.model.decoding, **{k: v for k, v in overrides.items() if v is not None}
-        )
-        model = dataclasses.replace(teacher.model, decoding=decoding)
-        lm = None
-        if self.lm_checkpoint and inference.is_ngram_run(self.lm_checkpoint):
-            lm = inference.load_ngram_run(self.lm_checkpoint)
-        elif self.lm_checkpoint:
-            lm = inference.load_model(self.lm_checkpoint, self.lm_model)
-        model = inference.with_fusion_lm(model, lm, self.lm_weight)
-        return dataclasses.replace(teacher, model=model)
-
-
 class Decoder:
     """The teacher's jitted decode, data-parallel over this process's devices.
 
@@ -349,14 +272,14 @@ def confidence(score: float, num_tokens: int) -> float:
 
 def _label_batch(decoder: Decoder, batch: Mapping[str, np.ndarray], teacher: str):
     """Yields (serialised record, [id, score, num_tokens, confidence, text]) per real row."""
-    from bigssl_tasks import pseudo_labeled, vocab
+    from bigssl_tasks import pseudo_labeled
 
     tokens, token_paddings, scores = decoder(batch["audio"], batch["audio_paddings"])
     texts = wer.detokenize(tokens, token_paddings, decoder.vocabulary)
     for row in np.flatnonzero(batch["weights"] > 0):
         valid = tokens[row][token_paddings[row] < 0.5].tolist()
-        valid = valid[: valid.index(vocab.EOS_ID)] if vocab.EOS_ID in valid else valid
-        valid = [t for t in valid if t != vocab.PAD_ID]  # as `detokenize` reads them
+        valid = valid[: valid.index(vocab_lib.EOS_ID)] if vocab_lib.EOS_ID in valid else valid
+        valid = [t for t in valid if t != vocab_lib.PAD_ID]  # as `detokenize` reads them
         utterance_id = batch["id"][row].decode("utf-8")
         num_samples = int(np.sum(batch["audio_paddings"][row] < 0.5))
         score = float(scores[row])

@@ -1,8 +1,9 @@
 """seqio preprocessors for speech records (each maps a `tf.data.Dataset` of dicts).
 
 Order inside a task: `check_sample_rate` -> `decode_audio` -> (labeled) `text_to_targets`
--> `tokenize_targets` -> `add_confidence`. `speed_perturb` and `filter_by_length` are
-applied by the input pipeline (their settings are per run, not per registered task).
+-> `tokenize_targets` -> `add_confidence`. Speed perturbation and the length filter are the
+input pipeline's (`bigssl_jax.input_pipeline`: their settings are per run, not per
+registered task).
 """
 
 from bigssl_jax.data import schema
@@ -85,71 +86,3 @@ def add_confidence(dataset):
         return {**ex, "confidence": tf.constant(1.0, tf.float32)}
 
     return dataset.map(add, num_parallel_calls=AUTOTUNE)
-
-
-def speed_perturb(dataset, *, factors: tuple[float, ...], seed: int):
-    """Kaldi-style speed perturbation: each utterance plays at a factor drawn from `factors`.
-
-    Example i (its position in `dataset`) draws k ~ Uniform{0, ..., len(factors) - 1} from a
-    stateless generator seeded by (seed, i), so a dataset in a fixed order is perturbed the
-    same way on every run. With f = factors[k], the decoded audio x [S] becomes
-        y[n] = x(n * f),  n = 0, ..., floor((S - 1) / f),
-    read between samples by linear interpolation: f > 1 is faster and higher (fewer samples),
-    f < 1 slower and lower, so tempo, pitch and formants move together as in `sox speed`.
-    Linear interpolation does not low-pass before decimating: for f > 1, content above
-    8 kHz / f folds back (above 7.3 kHz for f = 1.1, the edge of the log-mel bands).
-    Targets and every other feature are unchanged.
-
-    Args:
-      dataset: examples with float32 `audio` [S].
-      factors: speed factors to draw from, e.g. (0.9, 1.0, 1.1); all > 0.
-      seed: int seed of the draws.
-    """
-    import tensorflow as tf
-
-    if not factors or min(factors) <= 0.0:
-        raise ValueError(f"speed factors must be a non-empty tuple of positive numbers: {factors}")
-    factor_table = tf.constant(factors, tf.float64)  # exact positions in long clips
-
-    def perturb(index, ex):
-        pick = tf.random.stateless_uniform(
-            [],
-            seed=tf.stack([tf.constant(seed, tf.int64), index]),
-            maxval=len(factors),
-            dtype=tf.int32,
-        )
-        factor = factor_table[pick]
-        audio = ex["audio"]
-        last = tf.shape(audio)[0] - 1
-        new_length = tf.cast(tf.floor(tf.cast(last, tf.float64) / factor), tf.int32) + 1
-        position = tf.cast(tf.range(new_length), tf.float64) * factor
-        left = tf.minimum(tf.cast(tf.floor(position), tf.int32), last)
-        right = tf.minimum(left + 1, last)
-        frac = tf.cast(position - tf.cast(left, tf.float64), tf.float32)
-        resampled = tf.gather(audio, left) * (1.0 - frac) + tf.gather(audio, right) * frac
-        return {**ex, "audio": resampled}
-
-    return dataset.enumerate().map(perturb, num_parallel_calls=AUTOTUNE)
-
-
-def filter_by_length(
-    dataset,
-    *,
-    min_seconds: float = 0.0,
-    max_seconds: float | None = None,
-    sample_rate: int = schema.SAMPLE_RATE,
-):
-    """Keeps examples whose decoded audio [S] has min_seconds <= S / rate <= max_seconds."""
-    import tensorflow as tf
-
-    min_samples = int(round(min_seconds * sample_rate))
-    max_samples = None if max_seconds is None else int(round(max_seconds * sample_rate))
-
-    def keep(ex):
-        length = tf.shape(ex["audio"])[0]
-        ok = length >= min_samples
-        if max_samples is not None:
-            ok = tf.logical_and(ok, length <= max_samples)
-        return ok
-
-    return dataset.filter(keep)

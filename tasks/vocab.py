@@ -1,44 +1,41 @@
 """Transcript normalisation and the sentencepiece vocabulary of a corpus.
 
 Every transcript is normalised the same way before it is tokenised, counted into a
-vocabulary or scored: lower-case, every character outside `[a-z0-9']` becomes a space,
-runs of spaces collapse to one, ends are stripped. `normalize_text` (Python) and
-`normalize_text_tf` (TensorFlow, used inside tasks) implement the same rule.
+vocabulary or scored, for text in any script:
+
+1. Unicode NFKC_Casefold: default-ignorable code points (soft hyphen, zero-width spaces and
+   joiners, bidi marks, variation selectors) are removed, then NFKC, case folding
+   (`str.casefold`: 'Straße' -> 'strasse', final sigma -> sigma), NFKC again;
+2. the typographic apostrophes U+2019 and U+02BC become `'`;
+3. every run of characters that are not letters, marks or numbers (Unicode categories L*, M*,
+   N*) or `'` becomes one space (so vowel signs and viramas stay inside their words); ends
+   are stripped.
+
+So 'Café, naïve résumé!' -> 'café naïve résumé' and 'नमस्ते दुनिया।' keeps its words; on
+ASCII text the rule is the earlier one (lower-case, every character outside `[a-z0-9']`
+becomes a space). `normalize_text` (Python) and `normalize_text_tf` (TensorFlow, used inside
+tasks: tensorflow-text's NFKC_Casefold and RE2 classes) implement the same rule.
 
 Vocabularies are unigram sentencepiece models (the recipe's 1024 word pieces) with the
 ids seqio expects: 0 = pad (also the CTC blank), 1 = eos, 2 = unk, no bos. They live at
 `<data_dir>/vocab/<corpus>_<vocab_size>.model`, where `vocab_size` is the size asked for.
 """
 
-import functools
 import os
 import pathlib
-import re
 from collections.abc import Iterable
 
 from bigssl_jax import paths
+from bigssl_jax.data.vocabulary import (  # noqa: F401  (the core's, re-exported)
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    get_vocabulary,
+    normalize_text,
+    normalize_text_tf,
+)
 
-PAD_ID = 0
-EOS_ID = 1
-UNK_ID = 2
 DEFAULT_VOCAB_SIZE = 1024
-
-_OUTSIDE_ALPHABET = r"[^a-z0-9']+"
-
-
-def normalize_text(text: str) -> str:
-    """Normalises one transcript (see the module docstring)."""
-    return " ".join(re.sub(_OUTSIDE_ALPHABET, " ", text.lower()).split())
-
-
-def normalize_text_tf(text):
-    """`normalize_text` on a tf.string tensor of any shape."""
-    import tensorflow as tf
-
-    text = tf.strings.lower(text, encoding="utf-8")
-    text = tf.strings.regex_replace(text, _OUTSIDE_ALPHABET, " ")
-    text = tf.strings.regex_replace(text, " +", " ")
-    return tf.strings.strip(text)
 
 
 def vocab_path(data_dir: os.PathLike, corpus: str, vocab_size: int = DEFAULT_VOCAB_SIZE):
@@ -89,14 +86,6 @@ def train_vocabulary(
         minloglevel=2,
     )
     return spm.SentencePieceProcessor(model_file=str(model_path)).get_piece_size()
-
-
-@functools.cache
-def get_vocabulary(model_path: str):
-    """The `seqio.SentencePieceVocabulary` of a trained model (one object per path)."""
-    import seqio
-
-    return seqio.SentencePieceVocabulary(str(model_path))
 
 
 def read_transcripts(files) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from test_pseudo_label_command import write_lm_run, write_teacher_run
 
-from bigssl_jax import beam_pseudo_label, gin_utils, pseudo_label
+from bigssl_jax import beam_pseudo_label, gin_utils, pseudo_label, pseudo_label_job
 from bigssl_tasks import corpus_tasks, toy_corpus, vocab
 
 CORPUS = "beamtoy"
@@ -44,7 +44,7 @@ def test_direct_runner_labels_each_unit_once_skips_done_units_and_matches_the_li
     # Unit 2 was labeled by an earlier, interrupted run: the pipeline must not redo it.
     corpus_tasks.register_corpus_tasks(CORPUS, data_dir=data_dir)
     teacher_model = gin_utils.run_model(tmp_path / "teacher")
-    teacher = pseudo_label.load_teacher(tmp_path / "teacher", teacher_model)
+    teacher = pseudo_label_job.load_teacher(tmp_path / "teacher", teacher_model)
     config = pseudo_label.LabelConfig(
         task=TASK, output_dir=str(output_dir), num_units=4, teacher=teacher.name,
         decoding=teacher.model.decoding, batch_size=8,
@@ -106,11 +106,11 @@ def test_direct_runner_fuses_the_lm_like_the_library(tmp_path, capsys):
     corpus_tasks.register_corpus_tasks(CORPUS, data_dir=data_dir)
     teacher_model = gin_utils.run_model(tmp_path / "teacher")
     lm_model = gin_utils.run_model(lm_step, own_config=True)
-    fused = pseudo_label.TeacherSpec(
+    fused = pseudo_label_job.TeacherSpec(
         str(tmp_path / "teacher"), teacher_model, lm_checkpoint=lm_step, lm_model=lm_model,
         lm_weight=0.5,
     ).load()  # fmt: skip
-    plain = pseudo_label.TeacherSpec(str(tmp_path / "teacher"), teacher_model).load()
+    plain = pseudo_label_job.TeacherSpec(str(tmp_path / "teacher"), teacher_model).load()
     assert fused.model.lm is not None and plain.model.lm is None
 
     def labels(teacher, directory):

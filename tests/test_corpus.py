@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -46,6 +47,25 @@ def test_normalize():
     assert sentences.normalize("'Tis Mister Darcy's to-morrow, sir!") == (
         "tis mister darcy's to morrow sir"
     )
+    assert sentences.normalize("Café naïve RÉSUMÉ, l'été 'été'") == "café naïve résumé l'été été"
+
+
+def _ascii_normalize(text: str) -> str:
+    """`sentences.normalize` before it kept letters of every script (the ASCII rule)."""
+    text = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", text.lower().replace("-", " "))
+    return " ".join(re.sub(r"[^a-z' ]", " ", text).split())
+
+
+def test_normalize_of_ascii_text_and_every_shipped_line_is_unchanged():
+    lines = [
+        line
+        for source in sentences.SOURCES
+        for line in (sentences.SENTENCE_DIR / f"{source}.txt").read_text().splitlines()
+    ]
+    rng = np.random.default_rng(0)
+    printable = [chr(c) for c in range(32, 127)]
+    lines += ["".join(rng.choice(printable, size=rng.integers(0, 40))) for _ in range(2000)]
+    assert [sentences.normalize(line) for line in lines] == list(map(_ascii_normalize, lines))
 
 
 def test_shipped_sentences_are_normalised_and_unique():

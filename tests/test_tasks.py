@@ -1,5 +1,6 @@
 """Tests of bigssl_tasks: vocabulary, preprocessors, corpus / pseudo-labeled tasks."""
 
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import tensorflow as tf
 
 from bigssl_jax import input_pipeline
 from bigssl_jax.data import registry as registry_lib
-from bigssl_jax.data import schema
+from bigssl_jax.data import schema, sentences
 from bigssl_tasks import corpus_tasks, pseudo_labeled, toy_corpus, vocab
 
 CORPUS = "tasktoy"
@@ -55,12 +56,43 @@ def corpus(tmp_path_factory):
     }
 
 
-def test_normalize_text_python_matches_tensorflow():
-    texts = ["  Hello, World!!  It's  ÉTÉ 42 ", "A-B\tc\nd", "", "...", "don't STOP"]
-    expected = ["hello world it's t 42", "a b c d", "", "", "don't stop"]
-    assert [vocab.normalize_text(t) for t in texts] == expected
+NORMALISED = {
+    "café naïve résumé": "café naïve résumé",
+    "  Hello, World!!  It's  ÉTÉ 42 ": "hello world it's été 42",
+    "Straße ΟΔΟΣ.": "strasse οδοσ",
+    "नमस्ते दुनिया।": "नमस्ते दुनिया",
+    "中文，測試。日本語のテキスト": "中文 測試 日本語のテキスト",
+    "مرحبا، بالعالم": "مرحبا بالعالم",
+    "don’t STOP": "don't stop",
+    "soft\u00adhy\u200bphen": "softhyphen",
+    "Ｆｕｌｌ ｗｉｄｔｈ １２": "full width 12",
+    "e\u0301cole ÉCOLE": "école école",
+    "A-B\tc\nd": "a b c d",
+    "": "",
+    "...": "",
+}
+
+
+def _ascii_rule(text: str) -> str:
+    """The rule before it became Unicode-aware: lower-case, outside [a-z0-9'] -> space."""
+    return " ".join(re.sub(r"[^a-z0-9']+", " ", text.lower()).split())
+
+
+def test_normalize_text_keeps_letters_of_any_script_in_python_and_tensorflow():
+    assert {text: vocab.normalize_text(text) for text in NORMALISED} == NORMALISED
+    got = vocab.normalize_text_tf(tf.constant(list(NORMALISED))).numpy()
+    assert [g.decode() for g in got] == list(NORMALISED.values())
+
+
+def test_normalize_text_of_ascii_is_unchanged():
+    rng = np.random.default_rng(0)
+    printable = [chr(c) for c in range(32, 127)] + ["\t", "\n"]
+    texts = ["".join(rng.choice(printable, size=rng.integers(0, 40))) for _ in range(2000)]
+    texts += [s.spoken for s in sentences.load_sentences()]
+    want = [_ascii_rule(text) for text in texts]
+    assert [vocab.normalize_text(text) for text in texts] == want
     got = vocab.normalize_text_tf(tf.constant(texts)).numpy()
-    assert [g.decode() for g in got] == expected
+    assert [g.decode() for g in got] == want
 
 
 def test_vocabulary_round_trip_and_soft_size(corpus):

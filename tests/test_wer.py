@@ -124,3 +124,22 @@ def test_detokenize_with_trained_vocabulary(tmp_path):
     paddings[1, : n + 2] = 0.0
     ids[2, len(encoded[2]) :] = encoded[0][0]
     assert wer.detokenize(ids, paddings, vocabulary) == texts
+
+
+def test_scoring_keeps_letters_of_any_script():
+    result = wer.score(["Café naïve résumé!", "नमस्ते दुनिया।"], ["cafe naïve résumé", "नमस्ते  दुनिया"])
+    assert [u.reference for u in result.utterances] == ["café naïve résumé", "नमस्ते दुनिया"]
+    assert (result.reference_words, result.substitutions, result.wer) == (5, 1, 0.2)
+
+
+def test_detokenize_collapses_the_spaces_of_lone_word_boundary_pieces(tmp_path):
+    texts = ["the quick brown fox", "jumps over the lazy dog"]
+    model = tmp_path / "tiny.model"
+    vocab_lib.train_vocabulary(texts * 4, model, vocab_size=40)
+    vocabulary = vocab_lib.get_vocabulary(str(model))
+    boundary = vocabulary.tokenizer.piece_to_id("\u2581")
+    the, quick = vocabulary.encode("the"), vocabulary.encode("quick")
+    tokens = [boundary, *the, boundary, *quick, boundary]
+    assert "  " in vocabulary.decode(tokens)  # what a decoder can emit
+    ids = np.asarray([tokens], np.int32)
+    assert wer.detokenize(ids, np.zeros(ids.shape, np.float32), vocabulary) == ["the quick"]

@@ -40,6 +40,12 @@ LM_CHECKPOINT = flags.DEFINE_string(
 LM_WEIGHT = flags.DEFINE_float(
     "lm_weight", None, "Shallow-fusion weight of --lm_checkpoint (default: the run's)."
 )
+VERBOSE = flags.DEFINE_bool(
+    "verbose",
+    False,
+    "Also show the libraries' log lines and native start-up messages on the console "
+    "(otherwise only in <model_dir>/bigssl.log).",
+)
 DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Data directory; default $BIGSSL_DATA_DIR, else ./bigssl_data."
 )

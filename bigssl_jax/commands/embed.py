@@ -23,7 +23,7 @@ import json
 import pathlib
 import sys
 
-from absl import flags, logging
+from absl import flags
 
 from bigssl_jax.commands import common_flags
 
@@ -138,7 +138,6 @@ def main(argv) -> int:
     if not _CORPUS.value or not _OUTPUT_DIR.value:
         print("embed: --corpus and --output_dir are required", file=sys.stderr)
         return 2
-    logging.set_verbosity(logging.WARNING)
     output_dir = pathlib.Path(_OUTPUT_DIR.value)
     status = _embed(_CORPUS.value, output_dir, common_flags.data_dir(), _SPLITS.value)
     if status or not _PROBES.value:

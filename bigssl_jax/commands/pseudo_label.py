@@ -4,13 +4,14 @@
         --corpus=embedded_small --split=unlabeled --output_dir=/tmp/pl_gen1 --name=pl_gen1 \\
         --beam_size=8 --keep_top_fraction=0.9
 
-Each process labels its own files of the split's unlabeled task (`bigssl_jax.pseudo_label`)
-into `<output_dir>/shards/`, data-parallel over its devices; process 0 then filters
-(`--min_confidence`, `--keep_top_fraction`, `--normalization`) and writes
-`manifest.json` and `report.json` (labeled / kept counts, and the oracle WER of the kept
-labels when the split carries the synthetic corpus's hidden transcripts). Re-running the
-same command after a crash (even `kill -9`) labels only the unfinished files; re-running
-it when all are done only re-filters. Register the result in a gin experiment with
+Each process labels its own files of the split's unlabeled task (`bigssl_jax.pseudo_label`,
+set up by `bigssl_jax.pseudo_label_job` as the Beam runner's is) into
+`<output_dir>/shards/`, data-parallel over its devices; process 0 then filters
+(`--min_confidence`, `--keep_top_fraction`, `--normalization`) and writes `manifest.json`
+and `report.json` (labeled / kept counts, and the oracle WER of the kept labels when the
+split carries the synthetic corpus's hidden transcripts). Re-running the same command after
+a crash (even `kill -9`) labels only the unfinished files; re-running it when all are done
+only re-filters. Register the result in a gin experiment with
 `bigssl_tasks.pseudo_labeled.register_from_manifest('<output_dir>/manifest.json')`.
 
 `--lm_checkpoint` (a `bigssl train-lm` run over the same vocabulary) shallow-fuses its
@@ -22,7 +23,7 @@ Exit codes: 0 done; 1 a user error (one line on stderr); 2 bad flags.
 import json
 import sys
 
-from absl import flags, logging
+from absl import flags
 
 from bigssl_jax.commands import common_flags
 
@@ -50,56 +51,41 @@ _NORMALIZATION = flags.DEFINE_enum(
 )
 
 
-def _teacher(checkpoint: str):
-    """(the teacher with the decoding flags and fusion LM applied, the LM's identity)."""
-    from bigssl_jax import gin_utils, inference, pseudo_label
-
-    lm_checkpoint = common_flags.LM_CHECKPOINT.value
-    # Resolved once: the step fused is the step the manifest names.
-    lm_step_dir = inference.resolve_lm_checkpoint(lm_checkpoint)
-    spec = pseudo_label.TeacherSpec(
-        checkpoint,
-        gin_utils.run_model(checkpoint),
-        beam_size=common_flags.BEAM_SIZE.value,
-        max_output_length=_MAX_OUTPUT_LENGTH.value,
-        lm_checkpoint=str(lm_step_dir) if lm_step_dir else None,
-        lm_model=gin_utils.fusion_lm_model(lm_step_dir),
-        lm_weight=common_flags.LM_WEIGHT.value,
-    )
-    return spec.load(), str(lm_step_dir or "")
-
-
 def _run(data_dir) -> int:
+    import functools
+
     import jax
 
-    from bigssl_jax import paths, pseudo_label
+    from bigssl_jax import gin_utils, pseudo_label, pseudo_label_job
     from bigssl_jax.data import registry as registry_lib
-    from bigssl_jax.data import schema
-    from bigssl_tasks import corpus_tasks
 
-    corpus, split = _CORPUS.value, _SPLIT.value
+    spec = functools.partial(
+        pseudo_label_job.teacher_spec,
+        common_flags.CHECKPOINT.value,
+        run_model=gin_utils.run_model,
+        beam_size=common_flags.BEAM_SIZE.value,
+        max_output_length=_MAX_OUTPUT_LENGTH.value,
+        lm_checkpoint=common_flags.LM_CHECKPOINT.value,
+        lm_weight=common_flags.LM_WEIGHT.value,
+    )
     try:
-        info = registry_lib.CorpusRegistry(paths.registry_path(data_dir)).split(corpus, split)
-        corpus_tasks.register_corpus_tasks(corpus, data_dir=data_dir)
-        task = corpus_tasks.task_name(corpus, split, "unlabeled")
-        teacher, lm_name = _teacher(common_flags.CHECKPOINT.value)
-        filtering = pseudo_label.FilterConfig(
-            min_confidence=_MIN_CONFIDENCE.value,
-            keep_top_fraction=_KEEP_TOP_FRACTION.value,
-            normalization=_NORMALIZATION.value,
-        )
-        config = pseudo_label.LabelConfig(
-            task=task,
+        job = pseudo_label_job.set_up_job(
+            data_dir=data_dir,
+            corpus=_CORPUS.value,
+            split=_SPLIT.value,
             output_dir=_OUTPUT_DIR.value,
-            num_units=pseudo_label.num_units(task),
-            teacher=teacher.name,
-            decoding=teacher.model.decoding,
-            lm=lm_name,
+            teacher_spec=spec,
+            name=_NAME.value,
             batch_size=_BATCH_SIZE.value,
             bucket_seconds=tuple(float(s) for s in _BUCKET_SECONDS.value),
+            filtering=pseudo_label.FilterConfig(
+                min_confidence=_MIN_CONFIDENCE.value,
+                keep_top_fraction=_KEEP_TOP_FRACTION.value,
+                normalization=_NORMALIZATION.value,
+            ),
         )
-        units = pseudo_label.process_units(config.num_units)
-        markers = pseudo_label.label_units(teacher, config, units)
+        units = pseudo_label.process_units(job.config.num_units)
+        markers = pseudo_label.label_units(job.teacher, job.config, units)
     except (registry_lib.CorpusNotFoundError, KeyError, ValueError, FileNotFoundError) as error:
         print(f"pseudo-label: {error} (data dir {data_dir})", file=sys.stderr)
         return 1
@@ -111,16 +97,7 @@ def _run(data_dir) -> int:
         multihost_utils.sync_global_devices("bigssl pseudo-label: all units labeled")
     if jax.process_index() != 0:
         return 0
-    has_oracle = schema.ORACLE_TEXT_FIELD in info.extra_fields
-    report = pseudo_label.finalize(
-        config.output_dir,
-        name=_NAME.value or f"{corpus}_{split}_pseudo",
-        vocabulary=teacher.model.vocabulary,
-        filtering=filtering,
-        oracle=pseudo_label.read_oracle_texts(info.files) if has_oracle else None,
-        num_input_examples=info.num_examples,
-    )
-    print(json.dumps(report, indent=2))
+    print(json.dumps(job.finalize.run(job.config.output_dir), indent=2))
     return 0
 
 
@@ -133,5 +110,4 @@ def main(argv) -> int:
     if missing:
         print(f"pseudo-label: {', '.join(missing)} required", file=sys.stderr)
         return 2
-    logging.set_verbosity(logging.WARNING)
     return _run(common_flags.data_dir())

@@ -18,8 +18,6 @@ SIGTERM / SIGINT after saving a checkpoint.
 import functools
 import sys
 
-from absl import logging
-
 from bigssl_jax.commands import common_flags
 
 
@@ -40,5 +38,4 @@ def main(argv) -> int:
     if not common_flags.MODEL_DIR.value:
         print("train: --model_dir is required", file=sys.stderr)
         return 2
-    logging.set_verbosity(logging.INFO)
     return run(common_flags.MODEL_DIR.value, common_flags.data_dir())

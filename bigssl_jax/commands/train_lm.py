@@ -19,8 +19,6 @@ a signal after saving a checkpoint.
 import math
 import sys
 
-from absl import logging
-
 from bigssl_jax.commands import common_flags
 
 
@@ -56,5 +54,4 @@ def main(argv) -> int:
     if not common_flags.MODEL_DIR.value:
         print("train-lm: --model_dir is required", file=sys.stderr)
         return 2
-    logging.set_verbosity(logging.INFO)
     return run(common_flags.MODEL_DIR.value, common_flags.data_dir())

@@ -3,7 +3,8 @@
 `sentence_lists/` holds the 720 Harvard sentences (IEEE 1969) and ~16.8k sentences of 4-20
 words from Jane Austen's six novels (provenance in `sentence_lists/README.md`). Each line is
 written text with punctuation (it shapes the synthetic prosody); `normalize` turns it into the
-transcript: lowercase letters, word-internal apostrophes and single spaces.
+transcript: lowercase letters (of any script: NFKC, case-folded), word-internal apostrophes
+and single spaces. The lists are ASCII, where that is lowercase a-z.
 
 The vocabulary knob controls difficulty: `load_sentences(vocab_size=N)` keeps only sentences
 whose words are all among the N most frequent words of the whole list.
@@ -14,12 +15,12 @@ import dataclasses
 import functools
 import pathlib
 import re
+import unicodedata
 
 SENTENCE_DIR = pathlib.Path(__file__).resolve().parent / "sentence_lists"
 SOURCES = ("harvard", "austen")
 
-_QUOTE = re.compile(r"(?<![a-z])'|'(?![a-z])")
-_NOT_LETTER = re.compile(r"[^a-z' ]")
+_QUOTE = re.compile(r"(?<![^\W\d_])'|'(?![^\W\d_])")  # an apostrophe not between letters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,14 +38,20 @@ class Sentence:
     source: str
 
 
-def normalize(text: str) -> str:
-    """Transcript form: lowercase a-z, word-internal apostrophes, single spaces.
+def _kept(char: str) -> bool:
+    """Whether `char` stays in a transcript: a letter or mark of any script, `'` or a space."""
+    return char in "' " or unicodedata.category(char)[0] in "LM"
 
-    Hyphens and other punctuation become word breaks; quote marks are dropped.
+
+def normalize(text: str) -> str:
+    """Transcript form: lowercase letters, word-internal apostrophes, single spaces.
+
+    Letters of any script are kept (NFKC, then case-folded); hyphens, digits and other
+    punctuation become word breaks; quote marks are dropped. On ASCII text: lowercase a-z.
     """
-    text = text.lower().replace("-", " ")
+    text = unicodedata.normalize("NFKC", text).casefold().replace("-", " ")
     text = _QUOTE.sub(" ", text)
-    return " ".join(_NOT_LETTER.sub(" ", text).split())
+    return " ".join("".join(c if _kept(c) else " " for c in text).split())
 
 
 @functools.cache

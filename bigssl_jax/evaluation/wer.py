@@ -1,7 +1,8 @@
 """Word and character error rates of transcripts, scored with jiwer.
 
 References and hypotheses are normalised with `bigssl_tasks.vocab.normalize_text`, the
-rule applied to training transcripts, then aligned by Levenshtein distance (jiwer). Rates
+rule applied to training transcripts (Unicode-aware: letters, marks and numbers of any
+script are kept, case-folded), then aligned by Levenshtein distance (jiwer). Rates
 are corpus-level,
 
     WER = (S + D + I) / N,
@@ -28,7 +29,7 @@ import jiwer
 import numpy as np
 
 from bigssl_jax import paths
-from bigssl_tasks import vocab as vocab_lib
+from bigssl_jax.data import vocabulary as vocab_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,11 +233,12 @@ def detokenize(
       ids: i32[B, L] token ids (e.g. decoder output).
       paddings: f32[B, L], 1.0 = padded position.
       vocab: anything with `decode(list[int]) -> str`, e.g.
-        `bigssl_tasks.vocab.get_vocabulary(path)`.
+        `data.vocabulary.get_vocabulary(path)`.
       eos_id: ids from the first one onwards are ignored.
 
     Returns:
-      B strings.
+      B strings, each run of whitespace collapsed to one space and the ends stripped (a
+      lone word-boundary piece decodes to a space of its own).
     """
     ids = np.asarray(ids)
     valid = np.asarray(paddings) < 0.5
@@ -245,5 +247,6 @@ def detokenize(
         tokens = [int(t) for t in row[row_valid]]
         if eos_id in tokens:
             tokens = tokens[: tokens.index(eos_id)]
-        texts.append(vocab.decode([t for t in tokens if t != vocab_lib.PAD_ID]))
+        text = vocab.decode([t for t in tokens if t != vocab_lib.PAD_ID])
+        texts.append(" ".join(text.split()))
     return texts

@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from bigssl_jax import paths
+from bigssl_jax.data import vocabulary as vocab_lib
 from bigssl_jax.evaluation import wer
 from bigssl_jax.layers import frontend
 from bigssl_jax.models import base
@@ -171,13 +172,11 @@ def with_beam_size(model: Any, beam_size: int | None) -> Any:
 @functools.lru_cache(maxsize=8)
 def load_vocabulary(path: str):
     """The sentencepiece vocabulary at `path` (cached; seqio's, as the tasks use)."""
-    from bigssl_tasks import vocab
-
     if not path:
         raise ValueError("the model has no vocabulary path (set the model's `vocabulary`)")
     if not paths.as_path(path).exists():
         raise FileNotFoundError(f"vocabulary {path} does not exist")
-    return vocab.get_vocabulary(path)
+    return vocab_lib.get_vocabulary(path)
 
 
 def _strings(values) -> list[str]:

@@ -35,11 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigssl_jax.data import vocabulary as vocab_lib
 from bigssl_jax.layers import attention, conformer
 from bigssl_jax.models import base
 
-START_ID = 0
-PAD_ID = 0
+START_ID = vocab_lib.PAD_ID  # a history starts with the pad id (the vocabulary has no bos)
+PAD_ID = vocab_lib.PAD_ID
 _MASKED_LOGIT = -1e9
 
 # The fusion state (see the module docstring).
