@@ -10,8 +10,8 @@ the mesh (`MeshConfig`), the model (`ExperimentConfig.model`), the optimizer
 scopes over `InputConfig`), and runs `bigssl_jax.trainer.train` (`TrainerConfig`).
 Re-running the same command resumes from the latest checkpoint in `--model_dir`.
 
-Exit codes: 0 done; 1 a user error (one line on stderr) or training diverged; 143 / 130
-stopped by SIGTERM / SIGINT after saving a checkpoint.
+Exit codes: 0 done; 1 a data or runtime error (one line on stderr) or training diverged; 2 a
+usage or gin error (one line); 143 stopped by SIGTERM / SIGINT after saving a checkpoint.
 """
 
 import dataclasses
@@ -153,7 +153,7 @@ def run(model_dir: str, data_dir) -> int:
     experiment = configurables.ExperimentConfig()
     if not experiment.corpus or experiment.model is None:
         print("train: the gin must bind ExperimentConfig.corpus and .model", file=sys.stderr)
-        return 1
+        return 2
     try:
         names = register_tasks(experiment, data_dir)
     except (registry_lib.CorpusNotFoundError, ValueError, FileNotFoundError) as error:

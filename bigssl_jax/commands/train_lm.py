@@ -12,8 +12,8 @@ summaries are those of `bigssl train`. The training text is the train split's tr
 plus the shipped sentence list, never a sentence of the dev / test / test_clean splits; the
 evaluation text is the eval split's transcripts alone.
 
-Exit codes: 0 done; 1 a user error (one line on stderr) or training diverged; 143 stopped by
-a signal after saving a checkpoint.
+Exit codes: 0 done; 1 a data or runtime error (one line on stderr) or training diverged; 2 a
+usage or gin error (one line); 143 stopped by a signal after saving a checkpoint.
 """
 
 import math
@@ -86,14 +86,14 @@ def run(model_dir: str, data_dir) -> int:
     experiment = configurables.ExperimentConfig()
     if not experiment.corpus or experiment.model is None:
         print("train-lm: the gin must bind ExperimentConfig.corpus and .model", file=sys.stderr)
-        return 1
+        return 2
     if experiment.task_kind != TASK_KIND:
         print(
             f"train-lm: ExperimentConfig.task_kind is '{experiment.task_kind}', not "
             f"'{TASK_KIND}': this gin describes no language model run",
             file=sys.stderr,
         )
-        return 1
+        return 2
     try:
         train_iter, eval_iter_fn = text_iterators(experiment, data_dir)
         mesh = partitioning.make_mesh(configurables.MeshConfig())
