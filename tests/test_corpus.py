@@ -327,7 +327,7 @@ def test_command_prints_summary_and_reports_errors(corpus, capsys):
         assert make_corpus_command.main(argv[:1]) == 1
         assert "other parameters" in capsys.readouterr().err
         flags.FLAGS(argv + ["--snr_db_range=9,x"])
-        assert make_corpus_command.main(argv[:1]) == 1
+        assert make_corpus_command.main(argv[:1]) == 2  # a usage error
         assert "--snr_db_range" in capsys.readouterr().err
     finally:
         flags.FLAGS.unparse_flags()

@@ -211,14 +211,16 @@ def test_full_fraction_at_the_pipelines_seed_is_the_pipelines_runs(tmp_path, mon
 
 def test_bad_experiment_and_fractions_are_one_line_errors(tmp_path):
     unknown = _run_experiment(tmp_path, "data-inefficiency")
-    assert unknown.returncode == 1
+    assert unknown.returncode == 2
     assert unknown.stderr.strip() == (
         "experiment: unknown experiment 'data-inefficiency' (known: data-efficiency)"
     )
     for fractions in ("0.5,1.5", "half"):
         bad = _run_experiment(tmp_path, "data-efficiency", f"--fractions={fractions}")
-        assert bad.returncode == 1
-        assert bad.stderr.startswith("experiment: ") and len(bad.stderr.splitlines()) == 1
+        assert bad.returncode == 2
+        assert (
+            bad.stderr.startswith("experiment: --fractions") and len(bad.stderr.splitlines()) == 1
+        )
 
 
 def test_smoke_data_efficiency_runs_every_arm_then_skips_them(tmp_path):

@@ -9,8 +9,8 @@ Experiments:
                    `--seeds` are the training seeds of every arm; `--seed` is the data seed
                    (of the synthetic corpus, as for `bigssl pipeline`, and of the labeled subsets).
 
-Exit codes: 0 done; 1 an unknown experiment, bad flags or a failed stage (one line on
-stderr naming its log); 2 no experiment named.
+Exit codes: 0 done; 1 a failed stage (one line on stderr naming its log); 2 no or an unknown
+experiment named, or a bad flag value (one line on stderr).
 """
 
 import sys
@@ -47,12 +47,19 @@ def _parse(values, kind, name: str) -> list:
     return parsed
 
 
-def _data_efficiency() -> int:
-    fractions = _parse(_FRACTIONS.value, float, "fractions")  # run checks they are in (0, 1]
+def _flag_values() -> tuple[list[float], list[int], list[int]]:
+    """(fractions, seeds, draws) of the flags; ValueError (a usage error) names a bad one."""
+    fractions = _parse(_FRACTIONS.value, float, "fractions")
+    if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"--fractions must be in (0, 1], got {','.join(_FRACTIONS.value)}")
     seeds = _parse(_SEEDS.value, int, "seeds")
     draws = _parse(_DRAWS.value, int, "draws")
     if not seeds or not draws:
         raise ValueError("--seeds and --draws must name at least one each")
+    return fractions, seeds, draws
+
+
+def _data_efficiency(fractions: list[float], seeds: list[int], draws: list[int]) -> int:
     return data_efficiency.run(
         _PRESET.value,
         data_dir=common_flags.data_dir(),
@@ -78,9 +85,14 @@ def main(argv) -> int:
             f"experiment: unknown experiment '{argv[1]}' (known: {', '.join(EXPERIMENTS)})",
             file=sys.stderr,
         )
-        return 1
+        return 2
     try:
-        return _data_efficiency()
+        flag_values = _flag_values()
+    except ValueError as error:
+        print(f"experiment: {error}", file=sys.stderr)
+        return 2
+    try:
+        return _data_efficiency(*flag_values)
     except (ValueError, *pipeline.USER_ERRORS) as error:
         print(f"experiment: {error}", file=sys.stderr)
         return 1

@@ -57,6 +57,11 @@ def main(argv) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        snr_db_range = _snr_range(_SNR_DB_RANGE.value)
+    except synthetic_corpus.CorpusError as error:
+        print(f"make-corpus: {error}", file=sys.stderr)
+        return 2
     data_dir = common_flags.data_dir()
     output_dir = _OUTPUT_DIR.value or paths.embedded_corpus_dir(data_dir, _PRESET.value)
     start = time.perf_counter()
@@ -67,7 +72,7 @@ def main(argv) -> int:
             seed=common_flags.SEED.value,
             jobs=common_flags.JOBS.value,
             vocab_size=_WORD_VOCAB_SIZE.value,
-            snr_db_range=_snr_range(_SNR_DB_RANGE.value),
+            snr_db_range=snr_db_range,
         )
     except (synthetic_corpus.CorpusError, OSError) as error:
         print(f"make-corpus: {error}", file=sys.stderr)

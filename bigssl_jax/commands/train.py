@@ -11,8 +11,8 @@ scopes over `InputConfig`; `bigssl_jax.experiment.asr_inputs`), and runs
 `bigssl_jax.trainer.train` (`TrainerConfig`). Re-running the same command resumes from the
 latest checkpoint in `--model_dir`.
 
-Exit codes: 0 done; 1 a user error (one line on stderr) or training diverged; 143 stopped by
-SIGTERM / SIGINT after saving a checkpoint.
+Exit codes: 0 done; 1 a data or runtime error (one line on stderr) or training diverged; 2 a
+usage or gin error (one line); 143 stopped by SIGTERM / SIGINT after saving a checkpoint.
 """
 
 import functools

@@ -12,8 +12,8 @@ so checkpoints, resumption and summaries are those of `bigssl train`. The traini
 the train split's transcripts plus the shipped sentence list, never a sentence of the dev /
 test / test_clean splits; the evaluation text is the eval split's transcripts alone.
 
-Exit codes: 0 done; 1 a user error (one line on stderr) or training diverged; 143 stopped by
-a signal after saving a checkpoint.
+Exit codes: 0 done; 1 a data or runtime error (one line on stderr) or training diverged; 2 a
+usage or gin error (one line); 143 stopped by a signal after saving a checkpoint.
 """
 
 import math

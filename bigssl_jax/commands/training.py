@@ -3,8 +3,8 @@
 Not a command itself: the commands call `run` with the experiment's input builder
 (`bigssl_jax.experiment.asr_inputs` or `text_inputs`) and `gin_scoped` input configs.
 
-Exit codes: 0 done; 1 a user error (one line on stderr) or training diverged; 143 stopped by
-a signal after saving a checkpoint.
+Exit codes: 0 done; 1 a data or runtime error (one line on stderr) or training diverged; 2 a
+usage or gin error (one line); 143 stopped by a signal after saving a checkpoint.
 """
 
 import sys
@@ -52,14 +52,14 @@ def run(
     experiment = configurables.ExperimentConfig()
     if not experiment.corpus or experiment.model is None:
         print(f"{prog}: the gin must bind ExperimentConfig.corpus and .model", file=sys.stderr)
-        return 1
+        return 2
     if task_kind is not None and experiment.task_kind != task_kind:
         print(
             f"{prog}: ExperimentConfig.task_kind is '{experiment.task_kind}', not "
             f"'{task_kind}': this gin describes no {prog} run",
             file=sys.stderr,
         )
-        return 1
+        return 2
     try:
         inputs = build_inputs(experiment)
         mesh = partitioning.make_mesh(configurables.MeshConfig())
