@@ -20,7 +20,7 @@ Stages (each finds its finished output and skips; interrupted training resumes):
 
 1. inputs:   the pipeline's stages 1-4 (corpus, prepare, vocab, batches) for the preset.
 2. corpora:  per fraction f < 1 and draw d, the derived corpus `<corpus>_f<pct>[_d<d>]`
-             (`pipeline.make_labeled_share`): its `labeled` split is a random subset of
+             (`corpora.make_labeled_share`): its `labeled` split is a random subset of
              round(f * N) of the N labeled utterances (draw 0 drawn with `--seed`, draw d
              with (seed, d)); its `unlabeled` split is the corpus's unlabeled split plus the
              rest of the pool with transcripts hidden; dev / test / test_clean are the
@@ -56,7 +56,7 @@ import time
 
 import numpy as np
 
-from bigssl_jax import paths, pipeline
+from bigssl_jax import corpora, error_tables, paths, pipeline
 from bigssl_jax.data import sources
 
 ARMS = ("supervised", "pretrained", "self_trained")
@@ -105,7 +105,7 @@ def pipeline_seed() -> int:
 
 
 def pipeline_arms(
-    pipeline_runner: pipeline.Runner, share: pipeline.LabeledShare, seed: int
+    pipeline_runner: pipeline.Runner, share: corpora.LabeledShare, seed: int
 ) -> dict[str, tuple[dict, pathlib.Path]] | None:
     """Stages 4-5 done by the pipeline: at the pipeline's seed and a fraction whose arms it
     trains (`pipeline_stages`), when it has trained all three, {arm: (its error rates per
@@ -134,7 +134,7 @@ def pipeline_arms(
 
 def run_arms(
     base: pipeline.Runner,
-    share: pipeline.LabeledShare,
+    share: corpora.LabeledShare,
     seed: int,
     pretrained: pathlib.Path,
     ngram: pathlib.Path | None = None,
@@ -156,13 +156,13 @@ def run_arms(
 
 
 def _row(
-    share: pipeline.LabeledShare, seed: int, arm: str, scores: dict, evaluated: pathlib.Path
+    share: corpora.LabeledShare, seed: int, arm: str, scores: dict, evaluated: pathlib.Path
 ) -> dict:
     """One results row: the share, the seed, the arm, its rates {rate: {split: value}} and
     its test transcripts."""
     rates = {
         rate: {split: r[rate] for split, r in scores.items() if rate in r}
-        for rate in pipeline.ERROR_RATES
+        for rate in error_tables.ERROR_RATES
     }
     return {
         "fraction": share.fraction,
@@ -228,9 +228,9 @@ def summarize(rows: list[dict]) -> list[dict]:
             "seeds": [row["seed"] for row in group],
             "draws": [row.get("draw", 0) for row in group],
         }
-        for rate in pipeline.ERROR_RATES:
+        for rate in error_tables.ERROR_RATES:
             splits = [
-                s for s in pipeline.EVAL_SPLITS if all(s in row.get(rate, {}) for row in group)
+                s for s in corpora.EVAL_SPLITS if all(s in row.get(rate, {}) for row in group)
             ]
             values = {s: np.array([row[rate][s] for row in group]) for s in splits}
             mean[rate] = {s: float(v.mean()) for s, v in values.items()}
@@ -241,11 +241,11 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def _cell(mean: dict | None, split: str) -> str:
     """'WER / CER' (%) of `split`, each '± std' over several seeds; '-' where missing."""
-    if mean is None or not any(split in mean[rate] for rate in pipeline.ERROR_RATES):
+    if mean is None or not any(split in mean[rate] for rate in error_tables.ERROR_RATES):
         return "-"
-    rates = {r: mean[r][split] for r in pipeline.ERROR_RATES if split in mean[r]}
+    rates = {r: mean[r][split] for r in error_tables.ERROR_RATES if split in mean[r]}
     stds = {r: mean[f"{r}_std"][split] for r in rates} if len(mean["seeds"]) > 1 else None
-    return pipeline.rates_cell(rates, stds)
+    return error_tables.rates_cell(rates, stds)
 
 
 def relative_reduction(supervised: float, self_trained: float) -> float:
@@ -278,7 +278,7 @@ def results_table(means: list[dict], split: str) -> str:
         first = next(m for m in row.values() if m is not None)
         cells = [f"{100 * fraction:g}%", f"{first['labeled_hours']:.3f}"]
         cells += [_cell(row[arm], split) for arm in ARMS]
-        cells += [_reduction_cell(row, rate, split) for rate in pipeline.ERROR_RATES]
+        cells += [_reduction_cell(row, rate, split) for rate in error_tables.ERROR_RATES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -370,7 +370,7 @@ def run(
       fractions: labeled shares of the labeled pool, each in (0, 1].
       seeds: training seeds (`TrainerConfig.seed`) of every arm.
       draws: which random subsets of the pool each fraction below 1 is run on
-        (`pipeline.make_labeled_share`).
+        (`corpora.make_labeled_share`).
       data_seed: seed of the corpus synthesis and of the labeled subsets.
       jobs: worker processes of corpus synthesis and preparation.
 
@@ -385,10 +385,10 @@ def run(
     preset = pipeline.PRESETS[preset_name]
     corpus = pipeline.prepare_inputs(preset, data_dir=data_dir, seed=data_seed, jobs=jobs)
     root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
-    text_file = pipeline.text_only_file(root)
-    shared = pipeline.ensure_vocabulary(data_dir, corpus, preset.vocab_size) if text_file else None
+    text_file = corpora.text_only_file(root)
+    shared = corpora.ensure_vocabulary(data_dir, corpus, preset.vocab_size) if text_file else None
     shares = [
-        pipeline.make_labeled_share(
+        corpora.make_labeled_share(
             data_dir,
             corpus,
             f,

@@ -34,26 +34,29 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import time
 
-from bigssl_jax import paths
+from bigssl_jax import claims, paths
+from bigssl_jax.corpora import (
+    EVAL_SPLITS,
+    LabeledShare,
+    ensure_vocabulary,
+    make_labeled_share,
+    print_stage,
+    text_only_file,
+)
 from bigssl_jax.data import prepare, sources, synthetic_corpus
-from bigssl_jax.data import registry as registry_lib
+from bigssl_jax.error_tables import ERROR_RATES, results_table, write_results
 
 DONE = "DONE"
 XLA_CACHE = "xla_cache"  # <data_dir>/xla_cache: the stages' shared compilation cache
 PRETRAIN = "pretrain"  # the pre-training stage's name (the data-efficiency experiment reuses it)
-EVAL_SPLITS = ("dev", "test", "test_clean")
 # Two training stages side by side, one XLA thread each, do more work per second on 2 CPU
 # cores than one stage with both threads (docs/claim.md: 2 x 1.0 against 1.4 steps/s).
 ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 RECORD_FILE = "run.json"  # command, preset, corpus, wall seconds and every model's scores
-# The error rates reported per split. At laptop scale WER sits near 100% while CER still
-# moves, so the tables show both.
-ERROR_RATES = ("wer", "cer")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -169,102 +172,6 @@ PRESETS = {
         pseudo_label_flags=("--keep_top_fraction=0.9",),
     ),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class LabeledShare:
-    """One derived corpus: `fraction` of the labeled pool labeled.
-
-    Attributes:
-      fraction: labeled share of the pool, in (0, 1].
-      corpus: its registry name, `<corpus>_f<pct>`.
-      utterances: utterances of its labeled split.
-      hours: hours of its labeled split.
-      draw: which random subset of the pool (0: the one drawn with the data seed alone).
-    """
-
-    fraction: float
-    corpus: str
-    utterances: int
-    hours: float
-    draw: int = 0
-
-    @property
-    def tag(self) -> str:
-        return fraction_tag(self.fraction) + (f"_d{self.draw}" if self.draw else "")
-
-
-def fraction_tag(fraction: float) -> str:
-    """`f<percent>`: 0.1 -> 'f10', 1.0 -> 'f100', 0.025 -> 'f2p5'."""
-    return "f" + f"{100 * fraction:.6g}".replace(".", "p")
-
-
-def make_labeled_share(
-    data_dir: os.PathLike,
-    corpus: str,
-    fraction: float,
-    *,
-    root: os.PathLike,
-    seed: int,
-    vocab_size: int,
-    jobs: int = 1,
-    vocabulary: pathlib.Path | None = None,
-    draw: int = 0,
-) -> LabeledShare:
-    """Prepares and registers `<corpus>_f<pct>` (`fraction` of the labeled pool labeled, the
-    rest joined to the unlabeled split, dev / test / test_clean registered again) and its
-    vocabulary: a copy of `vocabulary` (one unit inventory for every fraction), else one
-    trained on its own labeled split.
-
-    Fraction 1 is `corpus` itself: nothing is prepared.
-
-    Args:
-      data_dir: the data directory holding the prepared embedded `corpus`.
-      corpus: registry name of the embedded corpus prepared from `root`.
-      fraction: labeled share of its labeled pool, in (0, 1].
-      root: the embedded corpus's folder (`paths.embedded_corpus_dir`).
-      seed: seed of the labeled subset.
-      vocab_size: pieces of the derived corpus's vocabulary.
-      jobs: worker processes writing shards.
-      vocabulary: the sentencepiece model every fraction shares, or None.
-      draw: which subset: draw 0 is drawn with `seed`, draw d > 0 with (seed, d), as
-        `<corpus>_f<pct>_d<d>`.
-
-    Returns:
-      The derived corpus (or `corpus`) and the size of its labeled split.
-    """
-    registry = registry_lib.CorpusRegistry(paths.registry_path(data_dir))
-    if fraction == 1.0:
-        info = registry.split(corpus, "labeled")
-        return LabeledShare(fraction, corpus, info.num_examples, info.hours)
-    base = registry.splits(corpus)
-    name = f"{corpus}_{LabeledShare(fraction, corpus, 0, 0.0, draw).tag}"
-    start = time.perf_counter()
-    description = f"{fraction:g} of {corpus}/labeled labeled (seed {seed}, draw {draw})"
-    pool = sources.embedded_sources(root)
-    labeled, unlabeled = sources.split_labeled_pool(
-        pool["labeled"], pool["unlabeled"], fraction, [seed, draw] if draw else seed
-    )
-    options = prepare.PrepareOptions(jobs=jobs)
-    for split, source in (("labeled", labeled), ("unlabeled", unlabeled)):
-        report = prepare.prepare_split(
-            source, data_dir=data_dir, corpus=name, split=split, options=options
-        )
-        print_stage("corpora", report.summary(), start)
-    for split in EVAL_SPLITS:
-        if split in base:
-            registry.register_split(name, split, base[split], source=description)
-    info = registry.split(name, "labeled")
-    print_stage(
-        "corpora", f"{name}: {info.num_examples} labeled utterances ({info.hours:.3f} h)", start
-    )
-    ensure_vocabulary(data_dir, name, vocab_size, shared=vocabulary)
-    return LabeledShare(fraction, name, info.num_examples, info.hours, draw)
-
-
-def print_stage(name: str, message: str, start: float) -> None:
-    """`[name] message (seconds since start)`, flushed."""
-    print(f"[{name}] {message} ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
 class StageError(RuntimeError):
@@ -527,49 +434,6 @@ def share_arms(
     return models
 
 
-def claim_summary(
-    runner: Runner, results: dict[str, dict], names: list[str], root: os.PathLike
-) -> dict:
-    """What the data-efficiency design is judged by, greedy and LM-fused (`+lm` rows).
-
-    `names` are the models in training order: supervised_<p>, ssl_<p>, the students, then
-    supervised_100. Per decoding: the relative test-WER reduction of the last student over
-    supervised_<p> with its paired speaker-block bootstrap 95% interval
-    (`evaluation.bootstrap`), the share of the supervised_<p> -> supervised_100 test-WER gap
-    it closes, and whether each generation beats its teacher on dev and on test.
-    """
-    from bigssl_jax.evaluation import bootstrap
-
-    manifest = pathlib.Path(root) / "test" / sources.MANIFEST_NAME
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    speakers = {row["id"]: row["speaker"] for row in rows}
-    supervised, *chain, topline = names
-    summary = {}
-    for decoding, suffix, stage in (("greedy", "", ""), ("lm", "+lm", "_fused")):
-        if f"{supervised}{suffix}" not in results:
-            continue
-        tsv = [
-            runner.work_dir / f"evaluate_{name}{stage}" / "test" / "transcripts.tsv"
-            for name in (supervised, chain[-1])
-        ]
-        interval = bootstrap.relative_reduction_ci(bootstrap.paired_errors(*tsv), speakers)
-        test_wer = {name: results[f"{name}{suffix}"]["test"]["wer"] for name in names}
-        gap = test_wer[supervised] - test_wer[topline]
-        summary[decoding] = {
-            "test_wer_reduction": interval.to_json(),
-            "gap_closed": (test_wer[supervised] - test_wer[chain[-1]]) / gap if gap > 0 else None,
-            "beats_teacher": {
-                student: {
-                    split: results[f"{student}{suffix}"][split]["wer"]
-                    < results[f"{teacher}{suffix}"][split]["wer"]
-                    for split in ("dev", "test")
-                }
-                for teacher, student in zip(chain, chain[1:], strict=False)
-            },
-        }
-    return summary
-
-
 def _evaluate(
     runner: Runner, models: dict[str, pathlib.Path], ngram: pathlib.Path | None = None
 ) -> dict[str, dict]:
@@ -583,93 +447,6 @@ def _evaluate(
             results[f"{name}+lm"] = runner.evaluate(f"{name}_fused", run_dir, EVAL_SPLITS, lm)
     write_results(results, runner.work_dir)
     return results
-
-
-def rates_cell(rates: dict[str, float], stds: dict[str, float] | None = None) -> str:
-    """'WER / CER' in %, e.g. '89.6 / 58.6' ('-' for a missing rate), each '± std' when
-    `stds` (over seeds) is given."""
-
-    def one(rate: str) -> str:
-        if rate not in rates:
-            return "-"
-        return f"{100 * rates[rate]:.1f}" + (f" ± {100 * stds[rate]:.1f}" if stds else "")
-
-    return " / ".join(one(rate) for rate in ERROR_RATES)
-
-
-def results_table(results: dict[str, dict]) -> str:
-    """A Markdown table: one row per model, WER / CER (%) per split."""
-    splits = [s for s in EVAL_SPLITS if any(s in r for r in results.values())]
-    lines = ["| model | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
-    for name, scores in results.items():
-        cells = [rates_cell(scores[s]) if s in scores else "-" for s in splits]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_results(results: dict[str, dict], work_dir: pathlib.Path) -> None:
-    """`results.json`, `results.md` (WER / CER per model and split), `results.png` (WER)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    (work_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (work_dir / "results.md").write_text(results_table(results) + "\n")
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    names = list(results)
-    for split in EVAL_SPLITS:
-        values = [100 * results[name].get(split, {}).get("wer", float("nan")) for name in names]
-        axis.plot(names, values, marker="o", label=split)
-    axis.set_ylabel("WER (%)")
-    axis.set_title("WER per pipeline stage")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(work_dir / "results.png", dpi=120)
-    plt.close(figure)
-
-
-def ensure_vocabulary(
-    data_dir: os.PathLike,
-    corpus: str,
-    vocab_size: int,
-    *,
-    shared: os.PathLike | None = None,
-    text_file: os.PathLike | None = None,
-) -> pathlib.Path:
-    """The sentencepiece model of `corpus`, unless it exists: a copy of `shared`, else
-    trained on `text_file`'s sentences (one a line), else on the corpus's labeled
-    transcripts."""
-    from bigssl_tasks import vocab
-
-    start = time.perf_counter()
-    model = vocab.vocab_path(data_dir, corpus, vocab_size)
-    if model.exists():
-        print_stage("vocab", f"found {model}", start)
-        return model
-    model.parent.mkdir(parents=True, exist_ok=True)
-    if shared is not None:
-        tmp = model.with_name(model.name + ".tmp")
-        shutil.copyfile(shared, tmp)
-        os.replace(tmp, model)
-        print_stage("vocab", f"{model}: the shared vocabulary {shared}", start)
-        return model
-    if text_file is not None:
-        texts = pathlib.Path(text_file).read_text(encoding="utf-8").splitlines()
-        what = f"text-only sentences of {text_file}"
-    else:
-        registry = registry_lib.CorpusRegistry(paths.registry_path(data_dir))
-        texts = vocab.read_transcripts(registry.split(corpus, "labeled").files)
-        what = "labeled transcripts"
-    size = vocab.train_vocabulary(texts, model, vocab_size=vocab_size)
-    print_stage("vocab", f"wrote {model}: {size} pieces from {len(texts)} {what}", start)
-    return model
-
-
-def text_only_file(root: os.PathLike) -> pathlib.Path | None:
-    """The embedded corpus's sentences spoken in no split (tokenizer and LM text), if any."""
-    path = pathlib.Path(root) / synthetic_corpus.TEXT_ONLY_FILE
-    return path if path.exists() else None
 
 
 def prepare_inputs(preset: PipelinePreset, *, data_dir: os.PathLike, seed: int, jobs: int) -> str:
@@ -730,7 +507,7 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
     start = time.perf_counter()
     corpus = prepare_inputs(preset, data_dir=data_dir, seed=seed, jobs=jobs)
     runner = Runner(preset, corpus, pathlib.Path(data_dir), work_dir(data_dir, preset_name))
-    ngram, claims = None, None
+    ngram, judged = None, None
     if preset.labeled_fraction < 1.0:
         root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
         vocabulary = ensure_vocabulary(data_dir, corpus, preset.vocab_size)
@@ -743,14 +520,14 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
         models = _semi_supervised_stages(runner)
     results = _evaluate(runner, models, ngram)
     if preset.labeled_fraction < 1.0:
-        claims = claim_summary(runner, results, list(models), root)
+        judged = claims.claim_summary(runner.work_dir, results, list(models), root)
     record = {
         "command": f"bigssl pipeline --preset={preset_name}",
         "preset": preset_name,
         "corpus": corpus,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "arms": results,
-        "claims": claims,
+        "claims": judged,
     }
     (runner.work_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nWER / CER (%) on {corpus} ({runner.work_dir / 'results.png'}):\n")
@@ -773,10 +550,9 @@ def publish(preset_name: str, data_dir: os.PathLike, path: os.PathLike) -> int:
         raise StageError(f"no finished run of preset '{preset_name}': {record_path} is missing")
     record = json.loads(record_path.read_text())
     if preset.labeled_fraction < 1.0:
-        runner = Runner(preset, record["corpus"], pathlib.Path(data_dir), runner_dir)
         root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
         names = [name for name in record["arms"] if not name.endswith("+lm")]
-        record["claims"] = claim_summary(runner, record["arms"], names, root)
+        record["claims"] = claims.claim_summary(runner_dir, record["arms"], names, root)
     record["arms"] = {
         name: {split: {k: 100 * v for k, v in rates.items()} for split, rates in scores.items()}
         for name, scores in record["arms"].items()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bigssl_jax import data_efficiency, paths, pipeline
+from bigssl_jax import corpora, data_efficiency, paths, pipeline
 from bigssl_jax.data import prepare, schema, sources, synthetic_corpus
 from bigssl_jax.data import registry as registry_lib
 
@@ -64,7 +64,7 @@ def test_split_labeled_pool_sizes_disjoint_hidden_and_seeded():
 
 
 def test_fraction_tags():
-    assert [pipeline.fraction_tag(f) for f in (0.05, 0.1, 1.0, 0.025)] == [
+    assert [corpora.fraction_tag(f) for f in (0.05, 0.1, 1.0, 0.025)] == [
         "f5",
         "f10",
         "f100",
@@ -109,7 +109,7 @@ def test_labeled_shares_of_the_tiny_corpus(tmp_path):
     pool = base["labeled"].num_examples
 
     def share(fraction):
-        return pipeline.make_labeled_share(
+        return corpora.make_labeled_share(
             tmp_path, "embedded_tiny", fraction, root=root, seed=0, vocab_size=32
         )
 
@@ -144,7 +144,6 @@ def _run_experiment(data_dir, *args):
 
 
 def test_pretraining_is_the_pipelines_when_it_is_done(tmp_path, monkeypatch):
-    from bigssl_jax import pipeline
 
     runner = pipeline.Runner(pipeline.PRESETS["smoke"], "c", tmp_path, tmp_path / "experiment")
     trained = []
@@ -161,7 +160,6 @@ def test_pretraining_is_the_pipelines_when_it_is_done(tmp_path, monkeypatch):
 
 
 def test_full_fraction_at_the_pipelines_seed_is_the_pipelines_runs(tmp_path, monkeypatch):
-    from bigssl_jax import pipeline
 
     pipeline_runner = pipeline.Runner(
         pipeline.PRESETS["small"], "c", tmp_path, pipeline.work_dir(tmp_path, "small")
@@ -176,8 +174,8 @@ def test_full_fraction_at_the_pipelines_seed_is_the_pipelines_runs(tmp_path, mon
         return stage_dir
 
     monkeypatch.setattr(pipeline.Runner, "run", fake_run)
-    full = pipeline.LabeledShare(1.0, "c", 10, 0.01)
-    half = pipeline.LabeledShare(0.5, "c_f50", 5, 0.005)
+    full = corpora.LabeledShare(1.0, "c", 10, 0.01)
+    half = corpora.LabeledShare(0.5, "c_f50", 5, 0.005)
     seed = data_efficiency.pipeline_seed()
     assert seed == 0
     assert data_efficiency.pipeline_arms(pipeline_runner, full, seed) is None  # not trained yet
