@@ -140,7 +140,7 @@ def test_labeled_shares_of_the_tiny_corpus(tmp_path):
 def _run_experiment(data_dir, *args):
     env = dict(os.environ, BIGSSL_DATA_DIR=str(data_dir))
     argv = [sys.executable, "-m", "bigssl_jax.cli", "experiment", *args]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1200)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
 
 
 def test_pretraining_is_the_pipelines_when_it_is_done(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ def _run_pipeline(data_dir, *flags):
         capture_output=True,
         text=True,
         env=env,
-        timeout=1200,
+        timeout=1800,
     )
 
 
