@@ -55,6 +55,7 @@ _OWN_PACKAGES = tuple(
     for folder in importlib.util.find_spec(name).submodule_search_locations
 )
 _CLU_PROGRESS = os.path.join("clu", "platform", "")  # where clu logs work-unit notes
+_DRAIN_MARK = b"\0bigssl: console drained\0\n"  # written by `_drain`, never shown
 _DRAIN_SECONDS = 5.0
 
 
@@ -115,17 +116,17 @@ def filter_native_stderr() -> None:
     sys.stderr.flush()
     data_read, data_write = os.pipe()
     control_read, _control = os.pipe()
+    ack_read, ack_write = os.pipe()
     console = os.dup(2)
-    pid = os.fork()
-    if pid == 0:  # the filter: never returns
-        os.close(data_write)
-        os.close(_control)
-        _NativeFilter(console).run(data_read, control_read)
-    os.close(data_read)
-    os.close(control_read)
+    if os.fork() == 0:  # the filter: never returns
+        for fd in (data_write, _control, ack_read):
+            os.close(fd)
+        _NativeFilter(console, ack_write).run(data_read, control_read)
+    for fd in (data_read, control_read, ack_write):
+        os.close(fd)
     os.dup2(data_write, 2)
     os.close(data_write)
-    atexit.register(_drain, pid, console)
+    atexit.register(_drain, console, ack_read)
 
 
 def _tell_filter(message: bytes) -> None:
@@ -140,8 +141,9 @@ def _tell_filter(message: bytes) -> None:
 class _NativeFilter:
     """The filter process: routes each line from the pipe until every writer has closed it."""
 
-    def __init__(self, console: int):
+    def __init__(self, console: int, ack: int):
         self.console = console
+        self.ack = ack  # written to when `_DRAIN_MARK` has come through
         self.log: int | None = None  # where noise goes, once the command said
         self.held: list[bytes] = []  # noise from before that
         self.noise: bool | None = None  # whether the current unfinished line is noise
@@ -177,24 +179,37 @@ class _NativeFilter:
         self.held = []
 
     def _route(self, chunk: bytes) -> None:
-        """Noise lines to the log (or held), every other line to the console."""
+        """Splits `chunk` into lines (and the drain mark, acknowledged) and routes them."""
         for piece in chunk.splitlines(keepends=True):
-            if self.noise is None:
-                self.noise = bool(NATIVE_NOISE.match(piece))
-            if not self.noise:
-                os.write(self.console, piece)
-            elif self.log is None:
-                self.held.append(piece)
-            else:
-                os.write(self.log, piece)
-            if piece.endswith((b"\n", b"\r")):
-                self.noise = None
+            drained = piece.endswith(_DRAIN_MARK)
+            piece = piece.removesuffix(_DRAIN_MARK)
+            if piece:
+                self._route_line(piece)
+            if drained:
+                os.write(self.ack, b".")
+
+    def _route_line(self, piece: bytes) -> None:
+        """A noise line (or its piece) to the log (or held), every other one to the console."""
+        if self.noise is None:
+            self.noise = bool(NATIVE_NOISE.match(piece))
+        if not self.noise:
+            os.write(self.console, piece)
+        elif self.log is None:
+            self.held.append(piece)
+        else:
+            os.write(self.log, piece)
+        if piece.endswith((b"\n", b"\r")):
+            self.noise = None
 
 
-def _drain(pid: int, console: int) -> None:
-    """At exit: gives fd 2 back to the console and waits (briefly) for the filter's last lines."""
+def _drain(console: int, ack: int) -> None:
+    """At exit: waits (briefly) until the filter has passed everything written so far, then
+    gives fd 2 back to the console. (The filter itself lives on while any process started
+    by the command, such as multiprocessing's resource tracker, still holds the pipe.)"""
     sys.stderr.flush()
+    try:
+        os.write(2, _DRAIN_MARK)
+        select.select([ack], [], [], _DRAIN_SECONDS)
+    except OSError:  # the filter is gone
+        pass
     os.dup2(console, 2)
-    deadline = time.monotonic() + _DRAIN_SECONDS
-    while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
-        time.sleep(0.01)
