@@ -58,6 +58,7 @@ import numpy as np
 
 from bigssl_jax import corpora, error_tables, paths, pipeline
 from bigssl_jax.data import sources
+from bigssl_tasks import vocab
 
 ARMS = ("supervised", "pretrained", "self_trained")
 TABLE_SPLITS = ("test", "dev", "test_clean")  # the first one is plotted
@@ -386,7 +387,8 @@ def run(
     corpus = pipeline.prepare_inputs(preset, data_dir=data_dir, seed=data_seed, jobs=jobs)
     root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
     text_file = corpora.text_only_file(root)
-    shared = corpora.ensure_vocabulary(data_dir, corpus, preset.vocab_size) if text_file else None
+    # prepare_inputs trained the corpus's vocabulary: with text-only sentences, every share's.
+    shared = vocab.vocab_path(data_dir, corpus, preset.vocab_size) if text_file else None
     shares = [
         corpora.make_labeled_share(
             data_dir,

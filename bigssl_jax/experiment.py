@@ -155,14 +155,14 @@ def with_label_names(model, experiment: ExperimentConfig, data_dir):
 
 
 def with_vocabulary(model, corpus: str, data_dir, model_dir: str):
-    """An ASR model (`models.asr.AsrModel`) whose `vocabulary` is left empty gets the corpus
-    vocabulary, copied into the run directory so that the run alone can be evaluated or
-    transcribed."""
+    """A model that reads text (a dataclass with a `vocabulary` field, e.g. an
+    `models.asr.AsrModel`) whose `vocabulary` is left empty gets the corpus vocabulary,
+    copied into the run directory so that the run alone can be evaluated or transcribed."""
     import jax
 
     from bigssl_tasks import vocab
 
-    if not isinstance(model, asr.AsrModel) or model.vocabulary:
+    if not inference.reads_text(model) or model.vocabulary:
         return model
     source = vocab.vocab_path(data_dir, corpus, model.vocab_size)
     if not source.exists():

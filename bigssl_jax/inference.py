@@ -75,10 +75,18 @@ def example_batch(batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
     }
 
 
+def reads_text(model: Any) -> bool:
+    """Whether `model` reads text: a model dataclass with a `vocabulary` field (every
+    `models.asr.AsrModel`, and text models such as the LM's)."""
+    return dataclasses.is_dataclass(model) and any(
+        field.name == "vocabulary" for field in dataclasses.fields(model)
+    )
+
+
 def with_run_vocabulary(model: Any, run_dir: epath.Path) -> Any:
     """`model` with `vocabulary` = the run's copy, when the model reads text and has none."""
     vocabulary = run_dir / VOCABULARY_FILE
-    if isinstance(model, asr.AsrModel) and not model.vocabulary and vocabulary.exists():
+    if reads_text(model) and not model.vocabulary and vocabulary.exists():
         return dataclasses.replace(model, vocabulary=str(vocabulary))
     return model
 
