@@ -17,7 +17,9 @@ Retention: keep-last-K and keep-best-M coexist as a union (`AnyPreservationPolic
 survives if it is among the K most recent (`LatestN(K)`) *or* among the M best by
 `best_metric` of the steps saved with metrics (`BestN(M)`, steps without metrics never count
 as best). So with K=2, M=1 a run keeps at most three steps: the two latest and the best
-evaluated one (which may be one of them).
+evaluated one (which may be one of them). A step's metrics are written beside it
+(`<step>/metrics/metrics`, JSON), so the best step survives a resume and `best_step` finds it
+for evaluation.
 
 Restore order (`restore_or_init` in the trainer):
   1. resume: the latest finalised step of `<model_dir>/checkpoints` (step, params, optimizer
@@ -52,6 +54,7 @@ the sync point counts (every process must save the same step together); enable J
 preemption service there (`jax.distributed.initialize`) for TPU maintenance events.
 """
 
+import json
 import os
 import signal
 from collections.abc import Mapping
@@ -68,6 +71,7 @@ from bigssl_jax import paths
 
 CHECKPOINTS = "checkpoints"
 STATE, META = "state", "meta"
+METRICS = "metrics"  # the item Orbax writes a step's tracked metrics to
 EMA = "ema"  # the field of `optimizers.EmaState`
 
 
@@ -129,8 +133,12 @@ class Checkpointer:
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         self.best_metric = best_metric if keep_best else None
+        tracked = {}
+        if self.best_metric:  # Orbax writes a step's metrics only when it tracks a best_fn
+            tracked = dict(best_fn=lambda metrics: float(metrics[best_metric]), best_mode=best_mode)
         options = ocp.CheckpointManagerOptions(
             preservation_policy=_preservation_policy(keep_last, keep_best, best_metric, best_mode),
+            **tracked,
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
             create=True,
@@ -228,6 +236,27 @@ def resolve_init_checkpoint(path: os.PathLike | str) -> epath.Path:
             if steps:
                 return directory / str(max(steps))
     raise FileNotFoundError(f"no finalised checkpoint at {path}")
+
+
+def best_step(model_dir: os.PathLike | str, *, mode: str = "min") -> epath.Path:
+    """The kept step of a run with the best saved metric (the lowest with `mode` 'min'; the
+    later step of a tie), or its latest step when no kept step has metrics (a run without
+    `keep_best`).
+
+    Raises:
+      FileNotFoundError: nothing finalised is found there.
+    """
+    latest = resolve_init_checkpoint(model_dir)
+    scored = {}
+    for step in ocp.utils.checkpoint_steps(latest.parent):
+        metrics_file = latest.parent / str(step) / METRICS / METRICS
+        if metrics_file.exists():
+            (value,) = json.loads(metrics_file.read_text()).values()
+            scored[step] = float(value)
+    if not scored:
+        return latest
+    sign = 1.0 if mode == "min" else -1.0
+    return latest.parent / str(min(scored, key=lambda step: (sign * scored[step], -step)))
 
 
 def restore_from(path: os.PathLike | str, abstract: Any) -> Any:

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 
-from bigssl_jax import claims, paths
+from bigssl_jax import checkpointing, claims, paths
 from bigssl_jax.corpora import (
     EVAL_SPLITS,
     LabeledShare,
@@ -123,24 +123,25 @@ PRESETS = {
         beam_size=2,
         side_by_side=True,
     ),
-    # The claim at laptop scale (docs/self_training.md): the `closed` corpus (1,000 words),
-    # 10% of its 2,000-utterance labeled pool; w2v-BERT pre-training on the unlabeled audio;
-    # supervised_10, ssl_10 (the teacher), nst_10 (one noisy student on pseudo-labels fused
-    # with a 5-gram LM of the text-only sentences) and supervised_100; every fine-tuning the
-    # same steps, schedule and best-dev checkpoint; greedy and LM-fused scores.
+    # The claim at laptop scale (docs/claim.md): the `closed` corpus (1,000 words), 10% of
+    # its 2,000-utterance labeled pool; w2v-BERT pre-training on the unlabeled audio (2,000
+    # steps: 700 left the fine-tunings on the CTC blank plateau); supervised_10, ssl_10 (the
+    # teacher), nst_10 (one noisy student on pseudo-labels fused with a 5-gram LM of the
+    # text-only sentences) and supervised_100; every fine-tuning the same 3,000 steps and
+    # schedule, scored at its step with the best dev WER; greedy and LM-fused scores.
     "demo": PipelinePreset(
         corpus_preset="closed",
         vocab_size=64,
         pretrain_gin="experiments/pretrain_w2v_bert_small.gin",
         pretrain_bindings=(
-            "TrainerConfig.num_steps = 700",
-            "TrainerConfig.eval_every = 700",
-            "TrainerConfig.checkpoint_every = 350",
+            "TrainerConfig.num_steps = 2000",
+            "TrainerConfig.eval_every = 500",
+            "TrainerConfig.checkpoint_every = 500",
         ),
         finetune_bindings=(
-            "TrainerConfig.num_steps = 1000",
-            "TrainerConfig.eval_every = 250",
-            "TrainerConfig.checkpoint_every = 250",
+            "TrainerConfig.num_steps = 3000",
+            "TrainerConfig.eval_every = 500",
+            "TrainerConfig.checkpoint_every = 500",
         ),
         mix_ratios=(1.0, 3.0),
         pseudo_label_flags=("--keep_top_fraction=0.8",),
@@ -260,13 +261,14 @@ class Runner:
     def pseudo_label(
         self, name: str, teacher: pathlib.Path, task: str, lm: tuple | None = None
     ) -> pathlib.Path:
-        """Stage `name`: `teacher` transcribes the unlabeled split as pseudo-labeled `task`,
-        with beam search fused with `lm` = (n-gram run, weight) when given."""
+        """Stage `name`: `teacher` (its step with the best dev WER) transcribes the unlabeled
+        split as pseudo-labeled `task`, with beam search fused with `lm` = (n-gram run,
+        weight) when given."""
         labels = self.work_dir / name
         return self.run(
             name,
             "pseudo-label",
-            f"--checkpoint={teacher}",
+            f"--checkpoint={checkpointing.best_step(teacher)}",
             f"--data_dir={self.data_dir}",
             f"--corpus={self.corpus}",
             "--split=unlabeled",
@@ -327,13 +329,14 @@ class Runner:
     def evaluate(
         self, model: str, run_dir: pathlib.Path, splits=EVAL_SPLITS, lm: tuple | None = None
     ) -> dict[str, dict[str, float]]:
-        """Stage `evaluate_<model>`: {split: {'wer': ..., 'cer': ...}} of `run_dir`, decoded
-        greedily or with beam search fused with `lm` = (LM run, weight)."""
+        """Stage `evaluate_<model>`: {split: {'wer': ..., 'cer': ...}} of `run_dir`'s step
+        with the best dev WER, decoded greedily or with beam search fused with `lm` = (LM
+        run, weight)."""
         name = f"evaluate_{model}"
         stage_dir = self.run(
             name,
             "evaluate",
-            f"--checkpoint={run_dir}",
+            f"--checkpoint={checkpointing.best_step(run_dir)}",
             f"--data_dir={self.data_dir}",
             f"--splits={','.join(splits)}",
             f"--output_dir={self.work_dir / name}",
@@ -525,7 +528,9 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
         "command": f"bigssl pipeline --preset={preset_name}",
         "preset": preset_name,
         "corpus": corpus,
+        "source_commit": source_commit(),
         "wall_seconds": round(time.perf_counter() - start, 1),
+        "steps": {name: int(checkpointing.best_step(run).name) for name, run in models.items()},
         "arms": results,
         "claims": judged,
     }
@@ -533,6 +538,26 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
     print(f"\nWER / CER (%) on {corpus} ({runner.work_dir / 'results.png'}):\n")
     print(results_table(results), flush=True)
     return 0
+
+
+def source_commit() -> str | None:
+    """The git commit of the code that runs (with '+dirty' when the checkout has uncommitted
+    changes), or None outside a git checkout."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+            )
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    return commit
 
 
 def publish(preset_name: str, data_dir: os.PathLike, path: os.PathLike) -> int:

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from bigssl_jax import checkpointing, optimizers, partitioning
 from bigssl_jax.partitioning import MeshConfig
@@ -153,3 +154,36 @@ def test_preemption_handler_turns_signals_into_a_flag_and_restores_handlers():
         signal.raise_signal(signal.SIGINT)
         assert handler.requested and handler.signum == signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_best_step_survives_a_resume_and_is_found(tmp_path):
+    mesh = partitioning.make_mesh(MeshConfig(data=-1))
+    state, _ = _sharded_state(_init_fn(), mesh)
+
+    def checkpointer():
+        return checkpointing.Checkpointer(
+            tmp_path, keep_last=1, keep_best=1, best_metric="wer", async_save=False
+        )
+
+    first = checkpointer()
+    for step, wer in ((1, 0.5), (2, 0.3), (3, 0.9)):
+        first.save(step, state, {}, metrics={"wer": wer})
+    first.close()
+    resumed = checkpointer()  # a new process: the metrics are read back from disk
+    resumed.save(4, state, {}, metrics={"wer": 0.8})
+    resumed.close()
+    assert _steps(tmp_path) == [2, 4]
+    assert checkpointing.best_step(tmp_path).name == "2"
+    assert checkpointing.best_step(tmp_path, mode="max").name == "4"
+
+
+def test_best_step_of_a_run_without_metrics_is_its_latest(tmp_path):
+    mesh = partitioning.make_mesh(MeshConfig(data=-1))
+    state, _ = _sharded_state(_init_fn(), mesh)
+    checkpointer = checkpointing.Checkpointer(tmp_path, keep_last=2, async_save=False)
+    for step in (1, 2, 3):
+        checkpointer.save(step, state, {})
+    checkpointer.close()
+    assert checkpointing.best_step(tmp_path).name == "3"
+    with pytest.raises(FileNotFoundError, match="no finalised checkpoint"):
+        checkpointing.best_step(tmp_path / "elsewhere")
