@@ -20,10 +20,14 @@ def claim_summary(
     `names` are the models in training order: supervised_<p>, ssl_<p>, the students, then
     supervised_100. Per decoding: the relative test-WER reduction of the last student over
     supervised_<p> with its paired speaker-block bootstrap 95% interval
-    (`evaluation.bootstrap`), the share of the supervised_<p> -> supervised_100 test-WER gap
-    it closes, and whether each generation beats its teacher on dev and on test: from the
-    test transcripts of the stages `evaluate_<name>` (greedy) and `evaluate_<name>_fused`
-    under `work_dir`, the test speakers from the embedded corpus at `root`.
+    (`evaluation.bootstrap`); the same interval for every step of the chain
+    (`test_wer_reductions`: supervised_<p> -> ssl_<p>, ssl_<p> -> each student in turn, and
+    supervised_100 -> the last student, whose interval holding 0 or more means the student
+    matches or beats supervised training on all the labels); the share of the
+    supervised_<p> -> supervised_100 test-WER gap it closes, and whether each generation
+    beats its teacher on dev and on test: from the test transcripts of the stages
+    `evaluate_<name>` (greedy) and `evaluate_<name>_fused` under `work_dir`, the test
+    speakers from the embedded corpus at `root`.
     """
     manifest = pathlib.Path(root) / "test" / sources.MANIFEST_NAME
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
@@ -33,15 +37,18 @@ def claim_summary(
     for decoding, suffix, stage in (("greedy", "", ""), ("lm", "+lm", "_fused")):
         if f"{supervised}{suffix}" not in results:
             continue
-        tsv = [
-            work_dir / f"evaluate_{name}{stage}" / "test" / "transcripts.tsv"
-            for name in (supervised, chain[-1])
-        ]
-        interval = bootstrap.relative_reduction_ci(bootstrap.paired_errors(*tsv), speakers)
+
+        def reduction(baseline: str, system: str, stage: str = stage) -> dict:
+            return _test_wer_reduction(work_dir, stage, speakers, baseline, system)
+
+        pairs = [(supervised, chain[0]), *zip(chain, chain[1:], strict=False), (topline, chain[-1])]
         test_wer = {name: results[f"{name}{suffix}"]["test"]["wer"] for name in names}
         gap = test_wer[supervised] - test_wer[topline]
         summary[decoding] = {
-            "test_wer_reduction": interval.to_json(),
+            "test_wer_reduction": reduction(supervised, chain[-1]),
+            "test_wer_reductions": {
+                f"{baseline} -> {system}": reduction(baseline, system) for baseline, system in pairs
+            },
             "gap_closed": (test_wer[supervised] - test_wer[chain[-1]]) / gap if gap > 0 else None,
             "beats_teacher": {
                 student: {
@@ -53,3 +60,38 @@ def claim_summary(
             },
         }
     return summary
+
+
+def _test_wer_reduction(
+    work_dir: pathlib.Path, stage: str, speakers: dict[str, str], baseline: str, system: str
+) -> dict:
+    """The relative test-WER reduction of `system` over `baseline` and its paired
+    speaker-block bootstrap 95% interval, from their `evaluate_<name><stage>` transcripts."""
+    tsv = [
+        work_dir / f"evaluate_{name}{stage}" / "test" / "transcripts.tsv"
+        for name in (baseline, system)
+    ]
+    return bootstrap.relative_reduction_ci(bootstrap.paired_errors(*tsv), speakers).to_json()
+
+
+def claim_lines(summary: dict) -> list[str]:
+    """Markdown bullets of `claim_summary`'s judgement, one per decoding and comparison, e.g.
+    '- greedy, supervised_10 -> nst_10: test WER -12.3% relative (95% CI [-20.1, -4.0])'
+    (a negative change is a reduction)."""
+    lines = []
+    for decoding, judged in summary.items():
+        for pair, interval in judged["test_wer_reductions"].items():
+            change = [-100 * interval[key] for key in ("estimate", "high", "low")]
+            lines.append(
+                f"- {decoding}, {pair}: test WER {change[0]:+.1f}% relative "
+                f"({100 * interval['level']:g}% CI [{change[1]:+.1f}, {change[2]:+.1f}])"
+            )
+        if judged["gap_closed"] is not None:
+            lines.append(
+                f"- {decoding}: the student closes {100 * judged['gap_closed']:.0f}% of the "
+                "test-WER gap between the share's supervised arm and supervised_100"
+            )
+        for student, beats in judged["beats_teacher"].items():
+            verdict = ", ".join(f"{split}: {'yes' if w else 'no'}" for split, w in beats.items())
+            lines.append(f"- {decoding}: {student} beats its teacher ({verdict})")
+    return lines

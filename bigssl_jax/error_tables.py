@@ -58,3 +58,37 @@ def write_results(results: dict[str, dict], work_dir: pathlib.Path) -> None:
     figure.tight_layout()
     figure.savefig(work_dir / "results.png", dpi=120)
     plt.close(figure)
+
+
+def dev_curves(runs: dict[str, pathlib.Path]) -> dict[str, list[dict]]:
+    """name -> [{'step', 'wer', 'cer'}, ...] by step: the dev evaluations each training run
+    wrote as it went (`<run>/eval/<step>/wer.json`); a run without any gives []."""
+    curves = {}
+    for name, run_dir in runs.items():
+        points = []
+        for report in pathlib.Path(run_dir).glob("eval/*/wer.json"):
+            scores = json.loads(report.read_text())
+            points.append({"step": int(report.parent.name), **{r: scores[r] for r in ERROR_RATES}})
+        curves[name] = sorted(points, key=lambda point: point["step"])
+    return curves
+
+
+def plot_dev_curves(curves: dict[str, list[dict]], path: pathlib.Path) -> None:
+    """Dev WER and CER (%) against the training step, one line per run, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(1, len(ERROR_RATES), figsize=(10, 3.5))
+    for axis, rate in zip(axes, ERROR_RATES, strict=True):
+        for name, points in curves.items():
+            if points:
+                steps = [point["step"] for point in points]
+                axis.plot(steps, [100 * p[rate] for p in points], marker="o", label=name)
+        axis.set_xlabel("training step")
+        axis.set_ylabel(f"dev {rate.upper()} (%)")
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -48,7 +48,13 @@ from bigssl_jax.corpora import (
     text_only_file,
 )
 from bigssl_jax.data import prepare, sources, synthetic_corpus
-from bigssl_jax.error_tables import ERROR_RATES, results_table, write_results
+from bigssl_jax.error_tables import (
+    ERROR_RATES,
+    dev_curves,
+    plot_dev_curves,
+    results_table,
+    write_results,
+)
 
 DONE = "DONE"
 XLA_CACHE = "xla_cache"  # <data_dir>/xla_cache: the stages' shared compilation cache
@@ -534,6 +540,8 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
         "arms": results,
         "claims": judged,
     }
+    record["dev_curves"] = dev_curves(models)
+    plot_dev_curves(record["dev_curves"], runner.work_dir / "dev_curves.png")
     (runner.work_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nWER / CER (%) on {corpus} ({runner.work_dir / 'results.png'}):\n")
     print(results_table(results), flush=True)
@@ -562,8 +570,10 @@ def source_commit() -> str | None:
 
 def publish(preset_name: str, data_dir: os.PathLike, path: os.PathLike) -> int:
     """Writes the record of the finished run of `preset_name` to `path`: its `run.json` with
-    every error rate in % and, for the data-efficiency design, the claims recomputed from its
-    evaluations (`claim_summary`). Runs no stage.
+    every error rate in %, each training run's dev curve and, for the data-efficiency
+    design, the claims recomputed from its evaluations (`claim_summary`); beside it
+    `<stem>.md` (the WER / CER table and the claims in words, what the README quotes) and
+    `<stem>_dev_curves.png`. Runs no stage.
 
     Raises:
       StageError: the run has not finished (no `run.json`).
@@ -574,10 +584,13 @@ def publish(preset_name: str, data_dir: os.PathLike, path: os.PathLike) -> int:
     if not record_path.exists():
         raise StageError(f"no finished run of preset '{preset_name}': {record_path} is missing")
     record = json.loads(record_path.read_text())
+    names = [name for name in record["arms"] if not name.endswith("+lm")]
+    record["dev_curves"] = dev_curves({name: runner_dir / name for name in names})
+    table = [results_table(record["arms"])]
     if preset.labeled_fraction < 1.0:
         root = paths.embedded_corpus_dir(data_dir, preset.corpus_preset)
-        names = [name for name in record["arms"] if not name.endswith("+lm")]
         record["claims"] = claims.claim_summary(runner_dir, record["arms"], names, root)
+        table += ["", *claims.claim_lines(record["claims"])]
     record["arms"] = {
         name: {split: {k: 100 * v for k, v in rates.items()} for split, rates in scores.items()}
         for name, scores in record["arms"].items()
@@ -586,5 +599,7 @@ def publish(preset_name: str, data_dir: os.PathLike, path: os.PathLike) -> int:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"pipeline: wrote {path}")
+    path.with_suffix(".md").write_text("\n".join(table) + "\n")
+    plot_dev_curves(record["dev_curves"], path.with_name(f"{path.stem}_dev_curves.png"))
+    print(f"pipeline: wrote {path}, {path.with_suffix('.md')} and the dev curves")
     return 0

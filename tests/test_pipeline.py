@@ -61,6 +61,16 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
         interval = claim["test_wer_reduction"]
         assert interval["low"] <= interval["estimate"] <= interval["high"]
         assert set(claim["beats_teacher"]["nst_50"]) == {"dev", "test"}
+        assert list(claim["test_wer_reductions"]) == [
+            "supervised_50 -> ssl_50",
+            "ssl_50 -> nst_50",
+            "supervised_100 -> nst_50",
+        ]
+        assert claim["test_wer_reductions"]["ssl_50 -> nst_50"]["level"] == 0.95
+    assert record["steps"] == {arm: 2 for arm in arms}  # each run's best-dev step
+    assert record["source_commit"]  # the tests run in a git checkout
+    curves = record["dev_curves"]
+    assert list(curves) == list(arms) and all(c[-1]["step"] == 2 for c in curves.values())
     assert "| nst_50+lm |" in first.stdout and (work / "results.png").stat().st_size > 0
     assert any((tmp_path / pipeline.XLA_CACHE).iterdir())  # the stages' compilation cache
 
@@ -77,6 +87,9 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     public = json.loads((tmp_path / "demo.json").read_text())
     assert public["arms"]["nst_50+lm"]["test"]["cer"] == 100 * results["nst_50+lm"]["test"]["cer"]
     assert public["claims"] == record["claims"] and public["command"] == record["command"]
+    summary = (tmp_path / "demo.md").read_text()
+    assert "| nst_50+lm |" in summary and "- lm, supervised_100 -> nst_50: test WER" in summary
+    assert (tmp_path / "demo_dev_curves.png").stat().st_size > 0
 
 
 def _train_configs(args):
