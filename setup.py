@@ -47,6 +47,12 @@ EXTRAS_REQUIRE = {
         "google-crc32c==1.9.0",
         "pyarrow==25.0.1",
     ],
+    # NVIDIA GPUs: the CUDA 12 plugin of the pinned jaxlib, with its CUDA libraries from PyPI
+    # (no system CUDA needed; a driver >= 525 is).
+    "gpu": [
+        "jax-cuda12-plugin[with-cuda]==0.10.2",
+        "jax-cuda12-pjrt==0.10.2",
+    ],
     "tpu-aot": [
         "libtpu==0.0.52",
     ],

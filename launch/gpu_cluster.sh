@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Multi-node GPU jobs: one process per node, all of the node's GPUs, joined by
-# jax.distributed. Two ways to start them:
+# jax.distributed. First, once, on a filesystem every node mounts (the checkout and
+# $BIGSSL_VENV, default ~/bigssl_venv):
+#
+#      launch/gpu_cluster.sh [--dry-run] setup     # python3.11 venv + pip install -e '.[gpu,gcs]'
+#
+# Then two ways to start them:
 #
 # 1. Under SLURM (inside an allocation, or see launch/slurm.sbatch), one srun for all nodes;
 #    JAX reads the coordinator, process count and index from SLURM's variables:
@@ -23,7 +28,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DRY_RUN=0
 
 usage() {
-  sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -39,6 +44,14 @@ run() {
   else
     "$@"
   fi
+}
+
+# The venv launch/on_worker.sh activates, with the CUDA build of the pinned jaxlib.
+cmd_setup() {
+  (($# == 0)) || die "setup takes no arguments"
+  local venv="${BIGSSL_VENV:-${HOME}/bigssl_venv}"
+  run python3.11 -m venv "${venv}"
+  run "${venv}/bin/pip" install -q -e "${HERE}/..[gpu,gcs]"
 }
 
 cmd_srun() {
@@ -88,10 +101,11 @@ main() {
   local mode="$1"
   shift
   case "${mode}" in
+    setup) cmd_setup "$@" ;;
     srun) cmd_srun "$@" ;;
     node) cmd_node "$@" ;;
     -h | --help) usage ;;
-    *) die "unknown mode ${mode} (srun or node)" ;;
+    *) die "unknown mode ${mode} (setup, srun or node)" ;;
   esac
 }
 

@@ -118,6 +118,14 @@ def test_gpu_cluster_srun_and_per_node_commands():
     assert sbatch[-3:] == [str(LAUNCH / "on_worker.sh"), "train", "--z"]
 
 
+def test_gpu_cluster_setup_installs_the_gpu_extra_into_the_workers_venv(tmp_path):
+    env = {"BIGSSL_VENV": str(tmp_path / "venv")}
+    venv, install = _dry_run("gpu_cluster.sh", "--dry-run", "setup", env=env)
+    assert venv == ["python3.11", "-m", "venv", str(tmp_path / "venv")]
+    assert install[:3] == [str(tmp_path / "venv" / "bin" / "pip"), "install", "-q"]
+    assert install[-2:] == ["-e", f"{LAUNCH}/..[gpu,gcs]"]
+
+
 @pytest.mark.parametrize(
     "script, args, message",
     [
