@@ -133,7 +133,7 @@ PRESETS = {
     # its 2,000-utterance labeled pool; w2v-BERT pre-training on the unlabeled audio (2,000
     # steps: 700 left the fine-tunings on the CTC blank plateau); supervised_10, ssl_10 (the
     # teacher), nst_10 (one noisy student on pseudo-labels fused with a 5-gram LM of the
-    # text-only sentences) and supervised_100; every fine-tuning the same 3,000 steps and
+    # text-only sentences) and supervised_100; every fine-tuning the same 2,000 steps and
     # schedule, scored at its step with the best dev WER; greedy and LM-fused scores.
     "demo": PipelinePreset(
         corpus_preset="closed",
@@ -145,7 +145,7 @@ PRESETS = {
             "TrainerConfig.checkpoint_every = 500",
         ),
         finetune_bindings=(
-            "TrainerConfig.num_steps = 3000",
+            "TrainerConfig.num_steps = 2000",
             "TrainerConfig.eval_every = 500",
             "TrainerConfig.checkpoint_every = 500",
         ),
