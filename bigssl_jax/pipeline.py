@@ -130,7 +130,7 @@ PRESETS = {
         side_by_side=True,
     ),
     # The claim at laptop scale (docs/claim.md): the `closed` corpus (1,000 words), 10% of
-    # its 2,000-utterance labeled pool; w2v-BERT pre-training on the unlabeled audio (2,000
+    # its 2,000-utterance labeled pool; w2v-BERT pre-training on the unlabeled audio (1,500
     # steps: 700 left the fine-tunings on the CTC blank plateau); supervised_10, ssl_10 (the
     # teacher), nst_10 (one noisy student on pseudo-labels fused with a 5-gram LM of the
     # text-only sentences) and supervised_100; every fine-tuning the same 2,000 steps and
@@ -140,7 +140,7 @@ PRESETS = {
         vocab_size=64,
         pretrain_gin="experiments/pretrain_w2v_bert_small.gin",
         pretrain_bindings=(
-            "TrainerConfig.num_steps = 2000",
+            "TrainerConfig.num_steps = 1500",
             "TrainerConfig.eval_every = 500",
             "TrainerConfig.checkpoint_every = 500",
         ),
