@@ -102,11 +102,18 @@ def vocab_size(model) -> int:
     return model.vocab_size if isinstance(model, asr.AsrModel) else vocab.DEFAULT_VOCAB_SIZE
 
 
-def register_tasks(experiment: ExperimentConfig, data_dir) -> list[str]:
-    """Registers the seqio tasks of `experiment.corpus` (and its classification tasks); names."""
+def register_tasks(experiment: ExperimentConfig, data_dir, vocab_model=None) -> list[str]:
+    """Registers the seqio tasks of `experiment.corpus` (and its classification tasks); names.
+
+    The labeled tasks tokenize with `vocab_model` (a trained run's own copy, whatever corpus
+    it scores), else with the corpus's `<data_dir>/vocab/<corpus>_<size>.model` when it
+    exists (else only the audio tasks are registered)."""
     from bigssl_tasks import classification_tasks, corpus_tasks, vocab
 
-    vocab_model = vocab.vocab_path(data_dir, experiment.corpus, vocab_size(experiment.model))
+    if vocab_model is None:
+        size = vocab_size(experiment.model)
+        vocab_model = vocab.vocab_path(data_dir, experiment.corpus, size)
+    vocab_model = paths.as_path(vocab_model)
     names = corpus_tasks.register_corpus_tasks(
         experiment.corpus,
         data_dir=data_dir,

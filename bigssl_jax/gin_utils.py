@@ -172,32 +172,62 @@ def _write(model_dir: os.PathLike | str, name: str, text: str) -> epath.Path:
 # ---------------------------------------------------------------------------------------
 
 
-def run_model(checkpoint: os.PathLike | str, *, own_config: bool = False):
-    """`ExperimentConfig.model` of a run, built from its `config.gin`.
+def parse_run_config(
+    checkpoint: os.PathLike | str, overrides: tuple[Sequence[str], Sequence[str]] = ((), ())
+) -> epath.Path:
+    """Clears gin and parses a run's `config.gin`, then `overrides` on top.
+
+    Args:
+      checkpoint: a run directory, its `checkpoints/` or one step directory.
+      overrides: (gin files, gin bindings) parsed after the run's config (a command's
+        `--gin_file` / `--gin_bindings`, e.g. another `ExperimentConfig.corpus`). A run
+        without `config.gin` is described by the override files alone.
+
+    Returns:
+      The run directory.
+
+    Raises:
+      FileNotFoundError: no finalised checkpoint, or no config.gin and no override file.
+      GinConfigError: the run's config or an override does not parse.
+    """
+    from bigssl_jax import checkpointing, inference
+
+    run_dir = inference.run_dir_of(checkpointing.resolve_init_checkpoint(checkpoint))
+    config = run_dir / inference.CONFIG_FILE
+    files, bindings = overrides
+    run_config = [str(config)] if config.exists() else []
+    if not run_config and not files:
+        raise FileNotFoundError(f"{config} not found: pass the run's gin with --gin_file")
+    gin.clear_config()
+    parse([*run_config, *files], bindings)
+    return run_dir
+
+
+def run_model(
+    checkpoint: os.PathLike | str,
+    *,
+    own_config: bool = False,
+    overrides: tuple[Sequence[str], Sequence[str]] = ((), ()),
+):
+    """`ExperimentConfig.model` of a run, built from its `config.gin` with `overrides` on top
+    (`parse_run_config`: afterwards the gin holds exactly those).
 
     Args:
       checkpoint: a run directory, its `checkpoints/` or one step directory.
       own_config: build it from the run's own config alone, in a gin cleared before and
-        after (a fused LM, read after everything else was read from gin); else the run's
-        config is parsed only when no gin was parsed yet (a command's `--gin_file`
-        describes the run instead).
+        after (a fused LM, read after everything else was read from gin); `overrides` are
+        not applied.
+      overrides: (gin files, gin bindings), e.g. a command's `common_flags.gin_overrides()`.
 
     Raises:
-      FileNotFoundError: no finalised checkpoint, or no config.gin to rebuild the model.
-      GinConfigError: the run's config does not parse.
+      FileNotFoundError: no finalised checkpoint, or no config.gin (and no override file) to
+        rebuild the model.
+      GinConfigError: the run's config or an override does not parse.
       ValueError: the gin binds no `ExperimentConfig.model`.
     """
-    from bigssl_jax import checkpointing, configurables, inference
+    from bigssl_jax import configurables
 
-    step_dir = checkpointing.resolve_init_checkpoint(checkpoint)
-    run_dir = inference.run_dir_of(step_dir)
-    if own_config:
-        gin.clear_config()
-    if not gin.config_str().strip():
-        config = run_dir / inference.CONFIG_FILE
-        if not config.exists():
-            raise FileNotFoundError(f"{config} not found: pass the run's gin with --gin_file")
-        parse([str(config)])
+    run_dir = parse_run_config(checkpoint, ((), ()) if own_config else overrides)
     model = configurables.ExperimentConfig().model
     if own_config:
         gin.clear_config()
@@ -206,11 +236,17 @@ def run_model(checkpoint: os.PathLike | str, *, own_config: bool = False):
     return model
 
 
-def load_model(checkpoint: os.PathLike | str, *, ema: bool = True, own_config: bool = False):
+def load_model(
+    checkpoint: os.PathLike | str,
+    *,
+    ema: bool = True,
+    own_config: bool = False,
+    overrides: tuple[Sequence[str], Sequence[str]] = ((), ()),
+):
     """`inference.load_model` of the run at `checkpoint` with its model from `run_model`."""
     from bigssl_jax import inference
 
-    model = run_model(checkpoint, own_config=own_config)
+    model = run_model(checkpoint, own_config=own_config, overrides=overrides)
     return inference.load_model(checkpoint, model, ema=ema)
 
 

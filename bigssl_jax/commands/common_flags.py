@@ -51,6 +51,12 @@ DATA_DIR = flags.DEFINE_string(
 )
 
 
+def gin_overrides(*bindings: str) -> tuple[list[str], list[str]]:
+    """(--gin_file, --gin_bindings + `bindings`): what a command that applies a trained run
+    parses on top of the run's own config (`gin_utils.run_model(overrides=...)`)."""
+    return list(GIN_FILE.value), [*GIN_BINDINGS.value, *bindings]
+
+
 def jobs_or_all_cores() -> int:
     """`--jobs` if given, else every core: for commands whose outputs do not depend on it."""
     return JOBS.value if JOBS.present else os.cpu_count() or 1

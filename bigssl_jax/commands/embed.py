@@ -4,7 +4,9 @@
         --corpus=embedded_small --checkpoint=/tmp/pt_run --output_dir=/tmp/emb_pt \\
         --probes=accent:labeled:dev --probes=speaker:unlabeled.fit:unlabeled.heldout
 
-The gin gives the encoder (`EncoderConfig`, `LogMelConfig`: those of the checkpoint's run).
+The gin gives the encoder (`EncoderConfig`, `LogMelConfig`): with `--checkpoint`, the run's
+own `config.gin` with the command's `--gin_file` / `--gin_bindings` on top; without, the
+command's gin alone. The corpus may be any registered one, not only the run's.
 For each split (`--splits`, default all), every utterance's mean-pooled layer outputs (or
 one layer, or a classifier's learned layer mix: `--layer`) are written to
 `<output_dir>/<split>/` as .npy shards with JSON-lines manifests (`bigssl_jax.embeddings`);
@@ -67,11 +69,13 @@ def _embed(corpus: str, output_dir: pathlib.Path, data_dir, splits) -> int:
 
     import jax
 
-    from bigssl_jax import configurables, embeddings
+    from bigssl_jax import configurables, embeddings, gin_utils
     from bigssl_tasks import corpus_tasks
 
     try:
         corpus_tasks.register_corpus_tasks(corpus, data_dir=data_dir)
+        if common_flags.CHECKPOINT.value:
+            gin_utils.parse_run_config(common_flags.CHECKPOINT.value, common_flags.gin_overrides())
         config = embeddings.EmbedConfig(
             encoder=configurables.EncoderConfig(),
             log_mel=configurables.LogMelConfig(),
@@ -81,7 +85,12 @@ def _embed(corpus: str, output_dir: pathlib.Path, data_dir, splits) -> int:
         params = embeddings.load_params(
             config, common_flags.CHECKPOINT.value, seed=common_flags.SEED.value
         )
-    except (registry_lib.CorpusNotFoundError, ValueError, FileNotFoundError) as error:
+    except (
+        registry_lib.CorpusNotFoundError,
+        ValueError,
+        FileNotFoundError,
+        gin_utils.GinConfigError,
+    ) as error:
         print(f"embed: {error} (data dir {data_dir})", file=sys.stderr)
         return 1
     _, own_manifest = embeddings.shard_names(jax.process_index(), jax.process_count())

@@ -62,7 +62,7 @@ def _run(data_dir) -> int:
     spec = functools.partial(
         pseudo_label_job.teacher_spec,
         common_flags.CHECKPOINT.value,
-        run_model=gin_utils.run_model,
+        run_model=functools.partial(gin_utils.run_model, overrides=common_flags.gin_overrides()),
         beam_size=common_flags.BEAM_SIZE.value,
         max_output_length=_MAX_OUTPUT_LENGTH.value,
         lm_checkpoint=common_flags.LM_CHECKPOINT.value,

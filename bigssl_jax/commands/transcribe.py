@@ -89,7 +89,9 @@ def main(argv) -> int:
     from bigssl_jax.models import asr
 
     try:
-        loaded = gin_utils.load_model(common_flags.CHECKPOINT.value)
+        loaded = gin_utils.load_model(
+            common_flags.CHECKPOINT.value, overrides=common_flags.gin_overrides()
+        )
         model = asr.with_beam_size(loaded.model, common_flags.BEAM_SIZE.value)
         if not isinstance(model, asr.AsrModel):
             raise ValueError(f"the model of {loaded.run_dir} does not transcribe (no decode)")
