@@ -148,7 +148,7 @@ def _our_step(args, config, batch):
     import flax.linen as nn  # noqa: PLC0415
     import jax  # noqa: PLC0415
 
-    from bigssl_jax import optimizers, trainer  # noqa: PLC0415
+    from bigssl_jax import optimizers, train_step  # noqa: PLC0415
     from bigssl_jax.layers import frontend  # noqa: PLC0415
     from bigssl_jax.models import (
         best_rq,
@@ -160,12 +160,12 @@ def _our_step(args, config, batch):
     )
     model = wrapper(encoder=config)
     tx = optimizers.make_optimizer(optimizers.OptimizerConfig())
-    state = jax.jit(lambda key: nn.unbox(trainer.init_state(model, tx, key, batch)))(
+    state = jax.jit(lambda key: nn.unbox(train_step.init_state(model, tx, key, batch)))(
         jax.random.key(0)
     )
     start = time.perf_counter()
     compiled = (
-        jax.jit(trainer.make_train_step(model), donate_argnums=(0,))
+        jax.jit(train_step.make_train_step(model), donate_argnums=(0,))
         .lower(state, batch, jax.random.key(1))
         .compile()
     )

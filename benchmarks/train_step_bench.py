@@ -35,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import matmul_peak  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bigssl_jax import aot, flops, optimizers, trainer  # noqa: E402
+from bigssl_jax import aot, flops, optimizers, train_step  # noqa: E402
 from bigssl_jax.layers import frontend  # noqa: E402
 from bigssl_jax.models import best_rq
 from bigssl_jax.models import encoder as encoder_lib  # noqa: E402
@@ -81,12 +81,12 @@ def bench_config(
     }
     rss_before = _max_rss_bytes()
     tx = optimizers.make_optimizer(optimizers.OptimizerConfig())
-    state = jax.jit(lambda key: nn.unbox(trainer.init_state(model, tx, key, batch)))(
+    state = jax.jit(lambda key: nn.unbox(train_step.init_state(model, tx, key, batch)))(
         jax.random.key(0)
     )
     start = time.perf_counter()
     compiled = (
-        jax.jit(trainer.make_train_step(model), donate_argnums=(0,))
+        jax.jit(train_step.make_train_step(model), donate_argnums=(0,))
         .lower(state, batch, jax.random.key(1))
         .compile()
     )
