@@ -4,7 +4,7 @@
     state, metrics = jax.jit(make_train_step(model, microbatches=4))(state, batch, rng)
 
 The loop that jits and drives them (shardings, data, checkpoints, evaluation) is
-`bigssl_jax.trainer`; the AOT report (`bigssl_jax.aot`) and the benchmarks compile them
+`bigssl_jax.trainer`; the AOT report (`bigssl_jax.jobs.aot`) and the benchmarks compile them
 alone.
 
 The train step is `train_step(state, batch, rng) -> (state, metrics)`:

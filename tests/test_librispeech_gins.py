@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bigssl_jax import aot, configurables, gin_utils, optimizers, partitioning, train_step
+from bigssl_jax import configurables, gin_utils, optimizers, partitioning, train_step
+from bigssl_jax.jobs import aot
 from bigssl_jax.models import w2v_bert, wav2vec2
 
 GLOBAL_BATCH = 2048

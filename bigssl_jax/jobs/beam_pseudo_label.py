@@ -13,7 +13,7 @@ sets up its own (`pseudo_label_job.set_up_job`). Needs the `beam` extra
 (`pip install -e ".[beam]"`); runs on the DirectRunner, Dataflow, Flink or Spark
 (see docs/self_training.md).
 
-    python -m bigssl_jax.beam_pseudo_label --checkpoint=gs://b/runs/ctc \\
+    python -m bigssl_jax.jobs.beam_pseudo_label --checkpoint=gs://b/runs/ctc \\
         --data_dir=gs://b/data --corpus=c --output_dir=gs://b/pl/gen1 -- \\
         --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp \\
         --setup_file=./setup.py
@@ -27,7 +27,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from bigssl_jax import pseudo_label, pseudo_label_job
+from bigssl_jax.jobs import pseudo_label, pseudo_label_job
 
 
 def _finalize(_, output_dir: str, spec: pseudo_label_job.FinalizeSpec) -> dict:
@@ -86,7 +86,7 @@ def _register_corpus(corpus: str, data_dir: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bigssl_jax.beam_pseudo_label [flags] -- [Beam pipeline options]`.
+    """`python -m bigssl_jax.jobs.beam_pseudo_label [flags] -- [Beam pipeline options]`.
 
     An entry point, like a `bigssl` command: it builds the teacher's (and LM's) model from
     the runs' gin here (`gin_utils.run_model`), once, for every worker.

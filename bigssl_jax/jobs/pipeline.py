@@ -38,8 +38,10 @@ import subprocess
 import sys
 import time
 
-from bigssl_jax import claims, paths
-from bigssl_jax.corpora import (
+from bigssl_jax import paths
+from bigssl_jax.data import prepare, sources, synthetic_corpus
+from bigssl_jax.jobs import claims
+from bigssl_jax.jobs.corpora import (
     EVAL_SPLITS,
     LabeledShare,
     ensure_vocabulary,
@@ -47,8 +49,7 @@ from bigssl_jax.corpora import (
     print_stage,
     text_only_file,
 )
-from bigssl_jax.data import prepare, sources, synthetic_corpus
-from bigssl_jax.error_tables import ERROR_RATES, results_table, write_results
+from bigssl_jax.jobs.error_tables import ERROR_RATES, results_table, write_results
 
 DONE = "DONE"
 XLA_CACHE = "xla_cache"  # <data_dir>/xla_cache: the stages' shared compilation cache

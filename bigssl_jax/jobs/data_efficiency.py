@@ -56,8 +56,9 @@ import time
 
 import numpy as np
 
-from bigssl_jax import corpora, error_tables, paths, pipeline
+from bigssl_jax import paths
 from bigssl_jax.data import manifests
+from bigssl_jax.jobs import corpora, error_tables, pipeline
 from bigssl_tasks import vocab
 
 ARMS = ("supervised", "pretrained", "self_trained")

@@ -29,7 +29,7 @@ per chip, and it is compared with the chip's HBM above.
 
 Caveat on XLA's FLOP count: the cost model counts the body of a while loop once, so with
 `scan_layers` (the default) its 'flops' covers one Conformer block of the stack, not all of
-them. Use the analytic count (`bigssl_jax.flops`) for utilisation; XLA's 'optimal_seconds' has
+them. Use the analytic count (`bigssl_jax.jobs.flops`) for utilisation; XLA's 'optimal_seconds' has
 the same limitation.
 """
 
@@ -51,8 +51,8 @@ from jax.experimental import topologies
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bigssl_jax import flops as flops_lib
 from bigssl_jax import optimizers, partitioning, train_step
+from bigssl_jax.jobs import flops as flops_lib
 from bigssl_jax.layers import frontend
 from bigssl_jax.models import base, best_rq, ctc_model
 from bigssl_jax.models import encoder as encoder_lib
@@ -442,7 +442,7 @@ def _per_chip_bytes(tree: Any) -> int:
 
 
 def analytic_flops(model: base.TrainModel, num_frames: int, batch_size: int) -> dict[str, Any]:
-    """Model FLOPs of one train step (`bigssl_jax.flops`) and what they cover.
+    """Model FLOPs of one train step (`bigssl_jax.jobs.flops`) and what they cover.
 
     BEST-RQ counts encoder, head and quantiser; CTC the encoder and its vocabulary projection;
     any other model (wav2vec 2.0, w2v-BERT, RNN-T, classifiers) the encoder alone, whose
