@@ -11,21 +11,16 @@ skips the units already done. After the last unit, one worker filters and writes
 manifest and report (`pseudo_label.finalize`). The job is set up as `bigssl pseudo-label`
 sets up its own (`pseudo_label_job.set_up_job`). Needs the `beam` extra
 (`pip install -e ".[beam]"`); runs on the DirectRunner, Dataflow, Flink or Spark
-(see docs/self_training.md).
+(see docs/self_training.md). The entry point, its flags and the gin seam are
+`bigssl_jax.commands.beam_pseudo_label`:
 
-    python -m bigssl_jax.jobs.beam_pseudo_label --checkpoint=gs://b/runs/ctc \\
+    python -m bigssl_jax.commands.beam_pseudo_label --checkpoint=gs://b/runs/ctc \\
         --data_dir=gs://b/data --corpus=c --output_dir=gs://b/pl/gen1 -- \\
         --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp \\
         --setup_file=./setup.py
-
-`--lm_checkpoint` / `--lm_weight` shallow-fuse a `bigssl train-lm` run into the teacher's
-beam search, as `bigssl pseudo-label` does.
 """
 
-import functools
-import json
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from bigssl_jax.jobs import pseudo_label, pseudo_label_job
 
@@ -79,78 +74,8 @@ def build(
     )
 
 
-def _register_corpus(corpus: str, data_dir: str) -> None:
+def register_corpus(corpus: str, data_dir: str) -> None:
+    """Registers the corpus's seqio tasks (on a worker, in `LabelUnits.setup`)."""
     from bigssl_tasks import corpus_tasks
 
     corpus_tasks.register_corpus_tasks(corpus, data_dir=data_dir)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bigssl_jax.jobs.beam_pseudo_label [flags] -- [Beam pipeline options]`.
-
-    An entry point, like a `bigssl` command: it builds the teacher's (and LM's) model from
-    the runs' gin here (`gin_utils.run_model`), once, for every worker.
-    """
-    import argparse
-
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from bigssl_jax import gin_utils
-    from bigssl_jax.data import registry as registry_lib
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for flag in ("checkpoint", "data_dir", "corpus", "output_dir"):
-        parser.add_argument(f"--{flag}", required=True)
-    parser.add_argument("--split", default="unlabeled")
-    parser.add_argument("--name", default=None)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--beam_size", type=int, default=None)
-    parser.add_argument("--max_output_length", type=int, default=None)
-    parser.add_argument("--lm_checkpoint", default=None, help="a train-lm run to fuse")
-    parser.add_argument("--lm_weight", type=float, default=None)
-    parser.add_argument("--min_confidence", type=float, default=None)
-    parser.add_argument("--keep_top_fraction", type=float, default=1.0)
-    parser.add_argument("--normalization", default="token", choices=pseudo_label.NORMALIZATIONS)
-    args, beam_args = parser.parse_known_args(argv)
-    spec = functools.partial(
-        pseudo_label_job.teacher_spec,
-        args.checkpoint,
-        run_model=gin_utils.run_model,
-        beam_size=args.beam_size,
-        max_output_length=args.max_output_length,
-        lm_checkpoint=args.lm_checkpoint,
-        lm_weight=args.lm_weight,
-    )
-    try:  # the teacher is loaded here: checked once, its settings and name go into the job
-        job = pseudo_label_job.set_up_job(
-            data_dir=args.data_dir,
-            corpus=args.corpus,
-            split=args.split,
-            output_dir=args.output_dir,
-            teacher_spec=spec,
-            name=args.name,
-            batch_size=args.batch_size,
-            filtering=pseudo_label.FilterConfig(
-                min_confidence=args.min_confidence,
-                keep_top_fraction=args.keep_top_fraction,
-                normalization=args.normalization,
-            ),
-        )
-    except (registry_lib.CorpusNotFoundError, KeyError, FileNotFoundError, ValueError) as error:
-        print(f"beam_pseudo_label: {error}", file=sys.stderr)
-        return 1
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-        reports = build(
-            pipeline,
-            teacher_fn=job.teacher_spec.load,
-            config=job.config,
-            finalize=job.finalize,
-            register_tasks=functools.partial(_register_corpus, args.corpus, args.data_dir),
-        )
-        reports | "Print" >> beam.Map(lambda report: print(json.dumps(report, indent=2)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
