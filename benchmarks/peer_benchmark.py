@@ -24,7 +24,7 @@ median of `--reps` calls), audio seconds per second, peak RSS, FLOPs per call an
 GFLOP/s; the per-round ratios ours / peer (median); and the machine's best dense matmul rate
 measured in the same rounds (XLA 2-D dot and batched einsum in our process, torch 2-D matmul in
 the peer's), the denominator of every utilisation figure. FLOPs: model FLOPs counted the same
-way on both sides (`bigssl_jax.flops`; `_peer_step_flops`), with XLA's cost analysis (ours)
+way on both sides (`bigssl_jax.jobs.flops`; `_peer_step_flops`), with XLA's cost analysis (ours)
 and `torch.utils.flop_counter.FlopCounterMode` (the peer's) printed as cross-checks.
 
 `--profile` adds where our step spends its time: each part timed alone in our process in the
@@ -122,8 +122,9 @@ def _grad_fn(module, g, **kwargs):
 
 
 def _our_step_flops(args, config, model, num_frames: int) -> float:
-    """Model FLOPs of our step (`bigssl_jax.flops`; wav2vec 2.0 terms as in `_peer_step_flops`)."""
-    from bigssl_jax import flops  # noqa: PLC0415
+    """Model FLOPs of our step (`bigssl_jax.jobs.flops`; wav2vec 2.0 terms as in
+    `_peer_step_flops`)."""
+    from bigssl_jax.jobs import flops  # noqa: PLC0415
     from bigssl_jax.layers import subsampling  # noqa: PLC0415
 
     if args.objective == "best_rq":
@@ -148,7 +149,7 @@ def _our_step(args, config, batch):
     import flax.linen as nn  # noqa: PLC0415
     import jax  # noqa: PLC0415
 
-    from bigssl_jax import optimizers, trainer  # noqa: PLC0415
+    from bigssl_jax import optimizers, train_step  # noqa: PLC0415
     from bigssl_jax.layers import frontend  # noqa: PLC0415
     from bigssl_jax.models import (
         best_rq,
@@ -160,12 +161,12 @@ def _our_step(args, config, batch):
     )
     model = wrapper(encoder=config)
     tx = optimizers.make_optimizer(optimizers.OptimizerConfig())
-    state = jax.jit(lambda key: nn.unbox(trainer.init_state(model, tx, key, batch)))(
+    state = jax.jit(lambda key: nn.unbox(train_step.init_state(model, tx, key, batch)))(
         jax.random.key(0)
     )
     start = time.perf_counter()
     compiled = (
-        jax.jit(trainer.make_train_step(model), donate_argnums=(0,))
+        jax.jit(train_step.make_train_step(model), donate_argnums=(0,))
         .lower(state, batch, jax.random.key(1))
         .compile()
     )
@@ -441,8 +442,8 @@ def _torch_flops(fn) -> float:
 
 
 def _block_flops(frames: int, kernel: int) -> float:
-    """Forward FLOPs of one block over `frames` frames (`bigssl_jax.flops.block_flops`)."""
-    from bigssl_jax import flops  # noqa: PLC0415
+    """Forward FLOPs of one block over `frames` frames (`bigssl_jax.jobs.flops.block_flops`)."""
+    from bigssl_jax.jobs import flops  # noqa: PLC0415
     from bigssl_jax.models import encoder as encoder_lib  # noqa: PLC0415
 
     config = encoder_lib.EncoderConfig(
@@ -455,7 +456,7 @@ def _block_flops(frames: int, kernel: int) -> float:
 
 
 def _peer_step_flops(config, samples: int, batch: int) -> float:
-    """Model FLOPs of one peer step, counted as `bigssl_jax.flops` counts ours.
+    """Model FLOPs of one peer step, counted as `bigssl_jax.jobs.flops` counts ours.
 
     Matmuls and convolutions, backward = 2x forward (1x for the first CNN layer, whose input
     needs no gradient): the CNN, the feature projection, the blocks, the quantiser's logits

@@ -6,7 +6,7 @@ For each encoder (`--configs`, default smoke and L), on random audio of `--batch
     processed per wall second;
   * peak memory: growth of the process's max RSS over compile + steps, and XLA's temporary
     buffer bytes of the compiled step;
-  * model FLOPs per step (`bigssl_jax.flops`) and XLA's count of the same compiled step (blocks
+  * model FLOPs per step (`bigssl_jax.jobs.flops`) and XLA's count of the same compiled step (blocks
     unrolled, `scan_layers=False`, so XLA counts every block; see tests/test_flops.py for the
     gap), achieved model GFLOP/s and model FLOP utilisation (MFU) against the best dense
     matmul rate measured in the same process just before (`matmul_peak.measure_xla`).
@@ -35,7 +35,8 @@ import jax.numpy as jnp  # noqa: E402
 import matmul_peak  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bigssl_jax import aot, flops, optimizers, trainer  # noqa: E402
+from bigssl_jax import optimizers, train_step  # noqa: E402
+from bigssl_jax.jobs import aot, flops  # noqa: E402
 from bigssl_jax.layers import frontend  # noqa: E402
 from bigssl_jax.models import best_rq
 from bigssl_jax.models import encoder as encoder_lib  # noqa: E402
@@ -81,12 +82,12 @@ def bench_config(
     }
     rss_before = _max_rss_bytes()
     tx = optimizers.make_optimizer(optimizers.OptimizerConfig())
-    state = jax.jit(lambda key: nn.unbox(trainer.init_state(model, tx, key, batch)))(
+    state = jax.jit(lambda key: nn.unbox(train_step.init_state(model, tx, key, batch)))(
         jax.random.key(0)
     )
     start = time.perf_counter()
     compiled = (
-        jax.jit(trainer.make_train_step(model), donate_argnums=(0,))
+        jax.jit(train_step.make_train_step(model), donate_argnums=(0,))
         .lower(state, batch, jax.random.key(1))
         .compile()
     )

@@ -57,7 +57,7 @@ preemption service there (`jax.distributed.initialize`) for TPU maintenance even
 import json
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -336,6 +336,77 @@ def restore_params(path: os.PathLike | str, abstract: Any, *, ema: bool = True) 
     slot = _ema_slot(tree, ema)
     logging.info("init from %s (%s)", step_dir, "params EMA" if slot is not None else "params")
     return _served_params(_restore_item(step_dir, _at_served_params(tree, slot, abstract)), slot)
+
+
+def restore_init_params(
+    path: os.PathLike | str,
+    abstract_params: Any,
+    fresh_params: Any,
+    *,
+    scopes: tuple[str, ...] = (),
+    regroup: Callable[[str, Mapping[str, Any]], Any] | None = None,
+) -> Any:
+    """The params another run's checkpoint serves, or only its top-level `scopes` with the
+    rest `fresh_params` (`TrainerConfig.init_checkpoint`, `init_params_scopes`).
+
+    A scope saved with other shapes than the model's is read to host and handed to
+    `regroup(scope, saved)`, the model's hook (`models.base.RegroupsParams`; e.g. an encoder
+    saved with other stage cuts, such as w2v-BERT's, is restaged), when it gives one.
+
+    Raises:
+      ValueError: a scope is not a param of the model or of the checkpoint, or a param the
+        model wants is absent from the checkpoint or has another shape there.
+    """
+    saved = saved_params(path)
+    if not scopes:
+        _check_saved_shapes(path, saved, abstract_params)
+        return restore_params(path, abstract_params)
+    missing = [scope for scope in scopes if scope not in abstract_params]
+    if missing:
+        raise ValueError(
+            f"init_params_scopes {missing} are not params of this model "
+            f"(top-level params: {sorted(abstract_params)})"
+        )
+    absent = [scope for scope in scopes if scope not in saved]
+    if absent:
+        raise ValueError(
+            f"init_params_scopes {absent} are not in the params of {path} "
+            f"(top-level params: {sorted(saved)})"
+        )
+    wanted = {scope: abstract_params[scope] for scope in scopes}
+    restored = {}
+    for scope in list(wanted):
+        if regroup is None or _param_shapes(saved[scope]) == _param_shapes(wanted[scope]):
+            continue
+        regrouped = regroup(scope, read_params_to_host(path, scope))
+        if regrouped is None:
+            continue
+        logging.info("init from %s: regrouped params[%r]", path, scope)
+        target = {scope: wanted.pop(scope)}
+        _check_saved_shapes(path, {scope: regrouped}, target)
+        restored.update(place({scope: regrouped}, target))
+    if wanted:
+        _check_saved_shapes(path, {scope: saved[scope] for scope in wanted}, wanted)
+        restored.update(restore_params(path, wanted))
+    return {**fresh_params, **restored}
+
+
+def _check_saved_shapes(path: os.PathLike | str, saved: Any, wanted: Any) -> None:
+    """Raises a one-line ValueError naming the first param of `wanted` that the checkpoint
+    lacks or holds with another shape (instead of Orbax's error deep in TensorStore)."""
+    have = _param_shapes(saved)
+    for key, shape in _param_shapes(wanted).items():
+        if have.get(key) != shape:
+            found = f"has shape {have[key]}" if key in have else "is absent"
+            raise ValueError(
+                f"init_checkpoint {path}: params{key} {found}; this model's is {shape}"
+            )
+
+
+def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{path: shape} of a params tree (arrays, abstract arrays or Orbax metadata)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def saved_model_state(path: os.PathLike | str) -> tuple[str, ...]:

@@ -8,7 +8,8 @@ Each wrapped name equals the class name, so gin files read `EncoderConfig.num_la
 
 import gin
 
-from bigssl_jax import aot, experiment, input_pipeline, optimizers, partitioning, trainer
+from bigssl_jax import experiment, input_pipeline, optimizers, partitioning, trainer
+from bigssl_jax.jobs import aot
 from bigssl_jax.layers import frontend, rnnt_decoder
 from bigssl_jax.losses import ssl_losses
 from bigssl_jax.models import asr, best_rq, ctc_model, encoder, rnnt_model, w2v_bert, wav2vec2
@@ -51,7 +52,7 @@ OptimizerConfig = _register(optimizers.OptimizerConfig)
 TrainerConfig = _register(trainer.TrainerConfig)
 ExperimentConfig = _register(experiment.ExperimentConfig)
 
-# --- ahead-of-time compilation (bigssl_jax.aot) --------------------------------------------
+# --- ahead-of-time compilation (bigssl_jax.jobs.aot) ---------------------------------------
 CompileConfig = _register(aot.CompileConfig)
 
 # --- transfer (bigssl_jax.models.classifier) -----------------------------------------------

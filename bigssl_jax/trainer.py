@@ -9,20 +9,11 @@ Sections of `train`: restore order (resume > init_checkpoint > scratch, see
 on a fresh start only), the jitted step, then the loop: one step per batch, metrics, periodic
 log / eval / checkpoint, preemption.
 
-The step (`make_train_step`) is pure, `train_step(state, batch, rng) -> (state, metrics)`:
-
-  * rng = fold_in(base_rng, state.step), so a resumed run draws the same randomness;
-  * the batch [B, ...] is cut into k microbatches (row i goes to microbatch i mod k, so each
-    device's rows split locally); a `lax.scan` sums w_j * grad L_j and w_j * L_j and divides by
-    sum_j w_j, w_j = the microbatch's `LOSS_WEIGHT` (see `models/base.py`): the update equals
-    the whole batch's;
-  * non-finite guard: if the loss, the gradient norm, the new parameters or the new optimizer
-    state hold a non-finite value (an update can overflow where the gradient did not: a huge
-    learning rate, an Adam denominator underflow), the state is returned unchanged (step
-    included) and metrics['nonfinite'] = 1. The loop counts these, stops after
-    `max_consecutive_nonfinite` in a row (`NonFiniteError`), and never saves a non-finite
-    state, because none is ever produced. Reading that flag is the loop's one device-to-host
-    copy per step (a scalar); everything else stays asynchronous until a log line.
+The step is `train_step.make_train_step` (pure: microbatch accumulation and the non-finite
+guard are described there). The loop counts the steps the guard skipped, stops after
+`max_consecutive_nonfinite` in a row (`NonFiniteError`), and never saves a non-finite state,
+because none is ever produced. Reading that flag is the loop's one device-to-host copy per
+step (a scalar); everything else stays asynchronous until a log line.
 
 Evaluation: every `eval_every` steps, the eval loss (and its metrics) averaged over up to
 `eval_batches` batches; a `models.base.ScoredModel` (ASR, classifiers) is also scored on
@@ -46,7 +37,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
@@ -55,11 +45,10 @@ from clu import metrics as clu_metrics
 
 from bigssl_jax import checkpointing, optimizers, partitioning, paths
 from bigssl_jax import train_state as train_state_lib
+from bigssl_jax import train_step as train_step_lib
 from bigssl_jax.models import base
-from bigssl_jax.models import encoder as encoder_lib
 
 TrainState = train_state_lib.TrainState
-NONFINITE = "nonfinite"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -122,117 +111,6 @@ class NonFiniteError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------
-# The pure steps.
-# ---------------------------------------------------------------------------------------
-
-
-def _split_microbatches(batch: base.Batch, k: int) -> base.Batch:
-    """[B, ...] -> [k, B / k, ...], microbatch i holding rows i, i + k, i + 2k, ..."""
-
-    def split(x):
-        if x.shape[0] % k:
-            raise ValueError(f"batch size {x.shape[0]} is not divisible by {k} microbatches")
-        return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
-
-    return jax.tree.map(split, batch)
-
-
-def _weighted_loss_and_grads(model, state, batch, rng, k):
-    """(loss, metrics, grads) of the batch, accumulated over k microbatches."""
-
-    def one(params, microbatch, microbatch_rng):
-        def loss_fn(p):
-            variables = {"params": p, **state.model_state}
-            return model.loss(variables, microbatch, microbatch_rng, step=state.step, train=True)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        weight = jnp.asarray(metrics.get(base.LOSS_WEIGHT, 1.0), jnp.float32)
-        return loss, metrics, grads, weight
-
-    if k == 1:
-        loss, metrics, grads, _ = one(state.params, batch, rng)
-        return loss, metrics, grads
-
-    def body(carry, xs):
-        grad_sum, loss_sum, weight_sum = carry
-        index, microbatch = xs
-        loss, metrics, grads, weight = one(state.params, microbatch, jax.random.fold_in(rng, index))
-        grad_sum = jax.tree.map(lambda a, g: a + weight * g, grad_sum, grads)
-        return (grad_sum, loss_sum + weight * loss, weight_sum + weight), (metrics, weight)
-
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    xs = (jnp.arange(k), _split_microbatches(batch, k))
-    (grad_sum, loss_sum, total), (metrics, weights) = jax.lax.scan(
-        body, (zeros, jnp.float32(0.0), jnp.float32(0.0)), xs
-    )
-    denominator = jnp.maximum(total, 1e-12)
-    shares = weights / denominator
-    metrics = {name: jnp.sum(value * shares) for name, value in metrics.items()}
-    if base.LOSS_WEIGHT in metrics:
-        metrics[base.LOSS_WEIGHT] = total
-    grads = jax.tree.map(lambda g: g / denominator, grad_sum)
-    return loss_sum / denominator, metrics, grads
-
-
-def _all_finite(tree: Any) -> jax.Array:
-    """True (a bool scalar) when every floating-point leaf of `tree` is finite everywhere."""
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all() if leaves else jnp.bool_(True)
-
-
-def make_train_step(
-    model: base.TrainModel,
-    *,
-    microbatches: int = 1,
-    learning_rate_fn: optax.Schedule | None = None,
-) -> Callable[[TrainState, base.Batch, jax.Array], tuple[TrainState, base.Metrics]]:
-    """The pure train step (see the module docstring).
-
-    Args:
-      model: the model.
-      microbatches: k, gradient accumulation steps.
-      learning_rate_fn: adds metrics['learning_rate'] = learning_rate_fn(step) when given.
-
-    Returns:
-      `train_step(state, batch, rng) -> (state, metrics)`; metrics are the model's, with
-      'loss', 'grad_norm' (before clipping), 'nonfinite' (1.0 = update skipped).
-    """
-
-    def train_step(state, batch, rng):
-        rng = jax.random.fold_in(rng, state.step)
-        loss, metrics, grads = _weighted_loss_and_grads(model, state, batch, rng, microbatches)
-        grad_norm = optax.global_norm(grads)
-        updated = state.apply_gradients(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        finite &= _all_finite((updated.params, updated.opt_state))
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-        metrics = {
-            **metrics,
-            "loss": loss,
-            "grad_norm": grad_norm,
-            NONFINITE: 1.0 - finite.astype(jnp.float32),
-        }
-        if learning_rate_fn is not None:
-            metrics["learning_rate"] = learning_rate_fn(state.step)
-        return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-
-    return train_step
-
-
-def make_eval_step(model: base.TrainModel) -> Callable[..., base.Metrics]:
-    """`eval_step(params, model_state, batch, rng, step) -> metrics`, the loss in eval mode
-    (at the train step `step`, so annealed quantities such as the Gumbel temperature are the
-    ones training uses)."""
-
-    def eval_step(params, model_state, batch, rng, step):
-        variables = {"params": params, **model_state}
-        loss, metrics = model.loss(variables, batch, rng, step=step, train=False)
-        return {k: jnp.asarray(v, jnp.float32) for k, v in {**metrics, "loss": loss}.items()}
-
-    return eval_step
-
-
-# ---------------------------------------------------------------------------------------
 # Sharded init and restore.
 # ---------------------------------------------------------------------------------------
 
@@ -241,38 +119,15 @@ def _shapes(batch: base.Batch) -> dict[str, jax.ShapeDtypeStruct]:
     return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in batch.items()}
 
 
-def init_state(
-    model: base.TrainModel,
-    tx: optax.GradientTransformation,
-    rng: jax.Array,
-    batch: base.Batch,
-) -> TrainState:
-    """A step-0 state of `model`; params stay boxed with logical axis names (for sharded init).
-
-    Args:
-      model: the model.
-      tx: the optax transform.
-      rng: init key.
-      batch: an example batch (arrays or `jax.ShapeDtypeStruct`s); only shapes matter.
-
-    Returns:
-      A `TrainState` with the 'params' collection as params and every other collection
-      (e.g. BEST-RQ's 'frozen' quantiser) as model_state.
-    """
-    variables = dict(model.init_variables(rng, batch))
-    params = variables.pop("params")
-    return TrainState.create(params=params, tx=tx, model_state=variables)
-
-
 def _state_factory(model: base.TrainModel, tx: optax.GradientTransformation, batch: base.Batch):
     """`init_fn(rng) -> boxed TrainState` for the shapes of `batch`."""
-    return functools.partial(init_state, model, tx, batch=_shapes(batch))
+    return functools.partial(train_step_lib.init_state, model, tx, batch=_shapes(batch))
 
 
-def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest, encoder=None):
+def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest, regroup=None):
     """The state by the restore order (resume > init_checkpoint > scratch), its shardings, and
     whether its model state is freshly initialised (False when a whole state was restored).
-    `encoder`: the model's `EncoderConfig`, if any (see `_restore_params`)."""
+    `regroup`: the model's `regroup_params` hook, if any (`models.base.RegroupsParams`)."""
     with nn.logical_axis_rules(()):
         boxed = jax.eval_shape(init_fn, rng)
     shardings = partitioning.state_shardings(boxed, mesh, rules)
@@ -285,74 +140,18 @@ def _init_or_restore(init_fn, rng, mesh, rules, config, checkpointer, latest, en
         return checkpointing.restore_from(config.init_checkpoint, abstract), shardings, False
     state, _ = partitioning.init_sharded_state(init_fn, mesh, rules, rng, shardings=shardings)
     if config.init_checkpoint:
-        params = _restore_params(config, abstract.params, state.params, encoder)
+        params = checkpointing.restore_init_params(
+            config.init_checkpoint,
+            abstract.params,
+            state.params,
+            scopes=config.init_params_scopes,
+            regroup=regroup,
+        )
         state = state.replace(
             params=params,
             opt_state=jax.jit(state.tx.init, out_shardings=shardings.opt_state)(params),
         )
     return state, shardings, True
-
-
-def _restore_params(config: TrainerConfig, abstract_params, fresh_params, encoder: Any = None):
-    """`init_checkpoint`'s params, or only its `init_params_scopes` with the rest `fresh_params`.
-
-    An 'encoder' scope saved with other stage cuts than `encoder` (the model's
-    `EncoderConfig`, if it has one) is regrouped (`encoder.restage_params`).
-    """
-    scopes = config.init_params_scopes
-    checkpoint = config.init_checkpoint
-    saved = checkpointing.saved_params(checkpoint)
-    if not scopes:
-        _check_saved_shapes(checkpoint, saved, abstract_params)
-        return checkpointing.restore_params(checkpoint, abstract_params)
-    missing = [scope for scope in scopes if scope not in abstract_params]
-    if missing:
-        raise ValueError(
-            f"init_params_scopes {missing} are not params of this model "
-            f"(top-level params: {sorted(abstract_params)})"
-        )
-    absent = [scope for scope in scopes if scope not in saved]
-    if absent:
-        raise ValueError(
-            f"init_params_scopes {absent} are not in the params of {checkpoint} "
-            f"(top-level params: {sorted(saved)})"
-        )
-    wanted = {scope: abstract_params[scope] for scope in scopes}
-    restored = {}
-    if (
-        "encoder" in wanted
-        and encoder is not None
-        and _param_shapes(saved["encoder"]) != _param_shapes(wanted["encoder"])
-    ):
-        # Saved with other stage cuts (e.g. w2v-BERT's): the same blocks, regrouped.
-        logging.info("init from %s: regrouping the encoder's blocks", checkpoint)
-        host = checkpointing.read_params_to_host(checkpoint, "encoder")
-        restaged = {"encoder": encoder_lib.restage_params(host, encoder)}
-        target = {"encoder": wanted.pop("encoder")}
-        _check_saved_shapes(checkpoint, restaged, target)
-        restored.update(checkpointing.place(restaged, target))
-    if wanted:
-        _check_saved_shapes(checkpoint, {scope: saved[scope] for scope in wanted}, wanted)
-        restored.update(checkpointing.restore_params(checkpoint, wanted))
-    return {**fresh_params, **restored}
-
-
-def _check_saved_shapes(checkpoint: str, saved: Any, wanted: Any) -> None:
-    """Raises a one-line ValueError naming the first param of `wanted` that the checkpoint
-    lacks or holds with another shape (instead of Orbax's error deep in TensorStore)."""
-    have = _param_shapes(saved)
-    for path, shape in _param_shapes(wanted).items():
-        if have.get(path) != shape:
-            found = f"has shape {have[path]}" if path in have else "is absent"
-            raise ValueError(
-                f"init_checkpoint {checkpoint}: params{path} {found}; this model's is {shape}"
-            )
-
-
-def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """{path: shape} of a params tree (arrays, abstract arrays or Orbax metadata)."""
-    leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def fit_statistics(
@@ -586,7 +385,7 @@ class _Run:
         position = self.train_iter.get_state()
         batch = next(self.train_iter)
         init_fn = _state_factory(self.model, optimizers.make_optimizer(optimizer), batch)
-        encoder = getattr(self.model, "encoder", None)
+        regroup = self.model.regroup_params if isinstance(self.model, base.RegroupsParams) else None
         state, self.shardings, fresh_model_state = _init_or_restore(
             init_fn,
             init_rng,
@@ -595,7 +394,7 @@ class _Run:
             self.config,
             self.checkpointer,
             latest,
-            encoder if isinstance(encoder, encoder_lib.EncoderConfig) else None,
+            regroup,
         )
         if (
             fresh_model_state
@@ -614,7 +413,7 @@ class _Run:
 
     def evaluate(self, state: TrainState, step: int) -> dict[str, float]:
         if self.eval_step is None:
-            self.eval_step = jax.jit(make_eval_step(self.model))
+            self.eval_step = jax.jit(train_step_lib.make_eval_step(self.model))
         values = evaluate(
             self.eval_step,
             state,
@@ -664,7 +463,7 @@ class _Run:
         """Steps until `num_steps`, the data's end, a signal or too many non-finite steps."""
         config, step = self.config, int(state.step)
         logging.info("training from step %d to %d", step, config.num_steps)
-        step_fn = make_train_step(
+        step_fn = train_step_lib.make_train_step(
             self.model,
             microbatches=config.microbatches,
             learning_rate_fn=optimizers.make_schedule(optimizer),
@@ -682,7 +481,7 @@ class _Run:
                 break
             global_batch = partitioning.make_global_batch(batch, self.mesh)
             state, metrics = train_step(state, global_batch, self.rng)
-            batch, skipped = None, bool(metrics[NONFINITE])
+            batch, skipped = None, bool(metrics[train_step_lib.NONFINITE])
             _check_nonfinite(self.progress, skipped, step, config, self.checkpointer)
             if not skipped:
                 step += 1

@@ -17,7 +17,7 @@ A pseudo-labeler writes TFRecords of `tf.train.Example`s with these features:
 The task's examples have the labeled tasks' output features (`audio`, `targets`,
 `confidence`), so labeled and pseudo-labeled tasks mix in one seqio Mixture.
 
-`bigssl pseudo-label` (`bigssl_jax.pseudo_label`) writes such shards plus a
+`bigssl pseudo-label` (`bigssl_jax.jobs.pseudo_label`) writes such shards plus a
 `manifest.json`; `register_from_manifest` registers its task, keeping only the
 utterances its filter kept (`kept_ids`, one id a line, when the filter dropped any).
 """

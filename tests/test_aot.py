@@ -9,8 +9,9 @@ that must come back as a 'does not fit' report, not an exception.
 import gin
 import pytest
 
-from bigssl_jax import aot, gin_utils, partitioning
+from bigssl_jax import gin_utils, partitioning
 from bigssl_jax.commands import compile as compile_command
+from bigssl_jax.jobs import aot
 from bigssl_jax.models import best_rq, ctc_model, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
 

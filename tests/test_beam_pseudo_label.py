@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 from test_pseudo_label_command import write_lm_run, write_teacher_run
 
-from bigssl_jax import beam_pseudo_label, gin_utils, pseudo_label, pseudo_label_job
+from bigssl_jax import gin_utils
+from bigssl_jax.commands import beam_pseudo_label
+from bigssl_jax.jobs import pseudo_label, pseudo_label_job
 from bigssl_tasks import corpus_tasks, toy_corpus, vocab
 
 CORPUS = "beamtoy"

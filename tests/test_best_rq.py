@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bigssl_jax import trainer
+from bigssl_jax import train_step
 from bigssl_jax.layers import frontend, quantizers
 from bigssl_jax.models import best_rq
 from bigssl_jax.models import encoder as encoder_lib
@@ -65,9 +65,9 @@ def test_targets_are_the_quantizer_codes_of_unmasked_features():
 def test_train_step_lowers_the_loss_and_keeps_the_quantizer_frozen():
     model = best_rq.BestRqTrainModel(encoder=ENCODER, objective=OBJECTIVE)
     batch = _batch()
-    state = nn.unbox(trainer.init_state(model, optax.adam(3e-3), jax.random.key(0), batch))
+    state = nn.unbox(train_step.init_state(model, optax.adam(3e-3), jax.random.key(0), batch))
     frozen = state.model_state
-    step = jax.jit(trainer.make_train_step(model))
+    step = jax.jit(train_step.make_train_step(model))
     losses = []
     for _ in range(8):
         state, metrics = step(state, batch, jax.random.key(5))

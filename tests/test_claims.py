@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bigssl_jax import claims
+from bigssl_jax.jobs import claims
 
 REFERENCE = "one two three four five"  # 5 words per utterance, 4 utterances: 20 words
 # model -> word errors of the utterances of speaker a (2) and speaker b (2)
@@ -76,7 +76,7 @@ def test_claim_lines_state_each_comparison_as_a_signed_change(tmp_path):
 
 
 def test_dev_curves_read_each_runs_evaluations_by_step(tmp_path):
-    from bigssl_jax import error_tables
+    from bigssl_jax.jobs import error_tables
 
     for step, wer in ((1000, 0.5), (500, 0.9)):
         report = tmp_path / "ssl_10" / "eval" / str(step) / "wer.json"

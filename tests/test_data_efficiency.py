@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from bigssl_jax import corpora, data_efficiency, paths, pipeline
+from bigssl_jax import paths
 from bigssl_jax.data import prepare, schema, sources, synthetic_corpus
 from bigssl_jax.data import registry as registry_lib
+from bigssl_jax.jobs import corpora, data_efficiency, pipeline
 
 
 def _source(prefix: str, count: int, *, labeled: bool) -> sources.FileSource:

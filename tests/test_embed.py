@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from bigssl_jax import checkpointing, embeddings
+from bigssl_jax import checkpointing
 from bigssl_jax.data import registry as registry_lib
 from bigssl_jax.data import schema
+from bigssl_jax.jobs import embeddings
 from bigssl_jax.models import classifier
 from bigssl_jax.models import encoder as encoder_lib
 from bigssl_tasks import corpus_tasks, toy_corpus

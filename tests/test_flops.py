@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bigssl_jax import flops
+from bigssl_jax.jobs import flops
 from bigssl_jax.models import encoder as encoder_lib
 
 BATCH, FRAMES = 2, 400

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bigssl_jax import aot, configurables, gin_utils, optimizers, partitioning, trainer
+from bigssl_jax import configurables, gin_utils, optimizers, partitioning, train_step
+from bigssl_jax.jobs import aot
 from bigssl_jax.models import w2v_bert, wav2vec2
 
 GLOBAL_BATCH = 2048
@@ -51,7 +52,9 @@ def _build(name: str, bindings=()) -> dict:
 def _abstract_state(model, optimizer):
     batch = {"audio": jax.ShapeDtypeStruct((1, 16000), jnp.float32)}
     tx = optimizers.make_optimizer(optimizer)
-    return jax.eval_shape(lambda rng: trainer.init_state(model, tx, rng, batch), jax.random.key(0))
+    return jax.eval_shape(
+        lambda rng: train_step.init_state(model, tx, rng, batch), jax.random.key(0)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))

@@ -8,7 +8,8 @@ import sys
 import gin
 import pytest
 
-from bigssl_jax import configurables, gin_utils, pipeline
+from bigssl_jax import configurables, gin_utils
+from bigssl_jax.jobs import pipeline
 
 
 def _run_pipeline(data_dir, *flags):

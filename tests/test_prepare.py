@@ -21,7 +21,16 @@ import soundfile as sf
 from scipy import signal
 
 from bigssl_jax import paths
-from bigssl_jax.data import audio_io, prepare, registry, schema, sources
+from bigssl_jax.data import (
+    audio_io,
+    librispeech,
+    manifests,
+    prepare,
+    registry,
+    schema,
+    sources,
+    tfds_source,
+)
 
 REAL = pathlib.Path(__file__).parent / "testdata" / "real"
 REAL_FLAC = REAL / "sense_and_sensibility_01_austen_64kb-0880.flac"
@@ -232,7 +241,7 @@ def _librispeech_tree(root: pathlib.Path) -> dict[str, tuple[np.ndarray, str, st
 
 def test_librispeech_tree_prepares_and_registers(tmp_path):
     want = _librispeech_tree(tmp_path / "dev-clean")
-    source = sources.librispeech_source(tmp_path / "dev-clean")
+    source = librispeech.librispeech_source(tmp_path / "dev-clean")
     assert source.labeled and source.extra_fields == ("chapter",)
     report = prepare.prepare_split(
         source,
@@ -261,7 +270,7 @@ def test_librispeech_tree_prepares_and_registers(tmp_path):
     assert info.hours == pytest.approx(hours)
 
     # The same audio as an unlabeled split: transcripts survive only as `oracle_text`.
-    unlabeled = sources.librispeech_source(tmp_path / "dev-clean", unlabeled=True)
+    unlabeled = librispeech.librispeech_source(tmp_path / "dev-clean", unlabeled=True)
     assert not unlabeled.labeled and unlabeled.extra_fields == ("chapter", "oracle_text")
     prepare.prepare_split(unlabeled, data_dir=tmp_path / "data", corpus="ls", split="unlab")
     records = _read_split(_registered(tmp_path / "data", "ls", "unlab"))
@@ -274,7 +283,7 @@ def test_tree_without_transcripts_is_unlabeled(tmp_path):
     folder.mkdir(parents=True)
     sf.write(folder / "01_baum.flac", _chirp(16000, 0.2), 16000)
     sf.write(folder / "02_baum.wav", _tone(24000, 0.2), 24000)
-    source = sources.librispeech_source(tmp_path / "librilight")
+    source = librispeech.librispeech_source(tmp_path / "librilight")
     assert not source.labeled
     prepare.prepare_split(source, data_dir=tmp_path, corpus="ll", split="unlab")
     info = _registered(tmp_path, "ll", "unlab")
@@ -311,7 +320,7 @@ def test_jsonl_and_tsv_manifests(tmp_path):
     ]
     manifest = tmp_path / "train.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    source = sources.manifest_source(manifest)
+    source = manifests.manifest_source(manifest)
     assert source.extra_fields == ("accent", "snr_db")  # `duration` is recomputed, not copied
     prepare.prepare_split(source, data_dir=tmp_path, corpus="mf", split="train")
     records = _read_split(_registered(tmp_path, "mf", "train"))
@@ -324,7 +333,7 @@ def test_jsonl_and_tsv_manifests(tmp_path):
     assert records["clips/tone"]["speaker"] == b"spk2"
 
     prepare.prepare_split(
-        sources.manifest_source(REAL / "transcripts.tsv"),
+        manifests.manifest_source(REAL / "transcripts.tsv"),
         data_dir=tmp_path,
         corpus="real",
         split="test",
@@ -421,7 +430,7 @@ def test_bad_inputs_are_skipped_and_reported(tmp_path):
     expected = _bad_tree(tmp_path / "bad")
     options = prepare.PrepareOptions(max_seconds=1.0, num_shards=3)
     report = prepare.prepare_split(
-        sources.librispeech_source(tmp_path / "bad"),
+        librispeech.librispeech_source(tmp_path / "bad"),
         data_dir=tmp_path,
         corpus="bad",
         split="s",
@@ -449,7 +458,7 @@ def test_bad_manifest_lines_are_skipped_and_reported(tmp_path):
     ]
     (tmp_path / "m.jsonl").write_bytes(b"\n".join(lines))
     prepare.prepare_split(
-        sources.manifest_source(tmp_path / "m.jsonl"), data_dir=tmp_path, corpus="m", split="m"
+        manifests.manifest_source(tmp_path / "m.jsonl"), data_dir=tmp_path, corpus="m", split="m"
     )
     reasons = sorted(item["reason"] for item in _report(tmp_path, "m", "m")["skipped"])
     assert reasons == [
@@ -463,7 +472,7 @@ def test_bad_manifest_lines_are_skipped_and_reported(tmp_path):
     shutil.copy(tmp_path / "a.wav", tmp_path / "c.wav")
     (tmp_path / "m.tsv").write_text("audio\ttext\na.wav\thello\nb.wav\n\nc.wav\t\n")
     prepare.prepare_split(
-        sources.manifest_source(tmp_path / "m.tsv"), data_dir=tmp_path, corpus="t", split="t"
+        manifests.manifest_source(tmp_path / "m.tsv"), data_dir=tmp_path, corpus="t", split="t"
     )
     assert _report(tmp_path, "t", "t")["skipped_by_reason"] == {
         "bad_manifest_line": 1,
@@ -475,7 +484,7 @@ def test_strict_fails_on_the_first_bad_utterance(tmp_path):
     _bad_tree(tmp_path / "bad")
     with pytest.raises(prepare.PrepareError, match=r"7-1-0001\.flac: unreadable: ") as error:
         prepare.prepare_split(
-            sources.librispeech_source(tmp_path / "bad"),
+            librispeech.librispeech_source(tmp_path / "bad"),
             data_dir=tmp_path,
             corpus="bad",
             split="s",
@@ -500,7 +509,7 @@ class _KilledAfter(sources.FileSource):
 
 def test_interrupted_run_resumes_and_writes_every_utterance_once(tmp_path):
     want = _librispeech_tree(tmp_path / "tree")
-    listing = sources.librispeech_source(tmp_path / "tree")
+    listing = librispeech.librispeech_source(tmp_path / "tree")
     killed = _KilledAfter(
         listing.description, listing.entries, listing.labeled, listing.extra_fields
     )
@@ -548,7 +557,7 @@ def test_a_failed_re_prepare_leaves_the_registry_on_the_last_good_shards(tmp_pat
     want = _librispeech_tree(tmp_path / "tree")
     options = prepare.PrepareOptions(num_shards=2)
     prepare.prepare_split(
-        sources.librispeech_source(tmp_path / "tree"),
+        librispeech.librispeech_source(tmp_path / "tree"),
         data_dir=tmp_path,
         corpus="r",
         split="s",
@@ -562,7 +571,7 @@ def test_a_failed_re_prepare_leaves_the_registry_on_the_last_good_shards(tmp_pat
         f.write("19-198-0002 CORRUPT\n")
     with pytest.raises(prepare.PrepareError, match="unreadable"):
         prepare.prepare_split(
-            sources.librispeech_source(tmp_path / "tree"),
+            librispeech.librispeech_source(tmp_path / "tree"),
             data_dir=tmp_path,
             corpus="r",
             split="s",
@@ -575,7 +584,7 @@ def test_a_failed_re_prepare_leaves_the_registry_on_the_last_good_shards(tmp_pat
 def test_registry_entry_with_missing_shards_is_one_line_error(tmp_path):
     _librispeech_tree(tmp_path / "tree")
     prepare.prepare_split(
-        sources.librispeech_source(tmp_path / "tree"), data_dir=tmp_path, corpus="r", split="s"
+        librispeech.librispeech_source(tmp_path / "tree"), data_dir=tmp_path, corpus="r", split="s"
     )
     shard = pathlib.Path(_registered(tmp_path, "r", "s").files[0])
     shard.unlink()
@@ -597,7 +606,7 @@ def _prepare_until_killed(tree: str, data_dir: str, num_shards: str, marker: str
                 time.sleep(600)
             yield from super().read(start, stop)
 
-    listing = sources.librispeech_source(tree)
+    listing = librispeech.librispeech_source(tree)
     stalled = _Stalled(listing.description, listing.entries, listing.labeled, listing.extra_fields)
     options = prepare.PrepareOptions(num_shards=int(num_shards))
     prepare.prepare_split(stalled, data_dir=data_dir, corpus="r", split="s", options=options)
@@ -605,7 +614,7 @@ def _prepare_until_killed(tree: str, data_dir: str, num_shards: str, marker: str
 
 def test_kill_9_during_a_re_prepare_leaves_the_registry_on_files_that_exist(tmp_path):
     want = _librispeech_tree(tmp_path / "tree")
-    listing = sources.librispeech_source(tmp_path / "tree")
+    listing = librispeech.librispeech_source(tmp_path / "tree")
     prepare.prepare_split(
         listing,
         data_dir=tmp_path,
@@ -649,7 +658,7 @@ def test_tfds_librispeech_mock_prepares(tmp_path):
     import tensorflow_datasets as tfds
 
     with pytest.raises(sources.SourceError, match="prepare it with TFDS first"):
-        len(sources.TfdsSource("dev_clean", data_dir=str(tmp_path / "empty")))
+        len(tfds_source.TfdsSource("dev_clean", data_dir=str(tmp_path / "empty")))
 
     with tfds.testing.mock_data(num_examples=5):
         expected = list(
@@ -659,7 +668,7 @@ def test_tfds_librispeech_mock_prepares(tmp_path):
                 )
             )
         )
-        source = sources.TfdsSource("dev_clean", data_dir=str(tmp_path))
+        source = tfds_source.TfdsSource("dev_clean", data_dir=str(tmp_path))
         report = prepare.prepare_split(
             source,
             data_dir=tmp_path,
@@ -667,7 +676,7 @@ def test_tfds_librispeech_mock_prepares(tmp_path):
             split="dev_clean",
             options=prepare.PrepareOptions(num_shards=2),
         )
-        unlabeled = sources.TfdsSource("dev_clean", data_dir=str(tmp_path), unlabeled=True)
+        unlabeled = tfds_source.TfdsSource("dev_clean", data_dir=str(tmp_path), unlabeled=True)
         prepare.prepare_split(unlabeled, data_dir=tmp_path, corpus="librispeech", split="unlab")
     assert report.kept == 5
     unlab = _registered(tmp_path, "librispeech", "unlab")

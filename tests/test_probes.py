@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from bigssl_jax import embeddings, probes
+from bigssl_jax.jobs import embeddings, probes
 from bigssl_tasks import classification_tasks
 
 

@@ -11,9 +11,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from bigssl_jax import pseudo_label
 from bigssl_jax.decoding import lm_interface
 from bigssl_jax.evaluation import wer
+from bigssl_jax.jobs import pseudo_label
 from bigssl_jax.layers import rnnt_decoder
 from bigssl_jax.models import asr, ctc_model, rnnt_model
 from bigssl_jax.models import encoder as encoder_lib

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigssl_jax import checkpointing, optimizers, partitioning, trainer
+from bigssl_jax import checkpointing, optimizers, partitioning, train_step, trainer
 from bigssl_jax.models import base
 from bigssl_jax.models import encoder as encoder_lib
 
@@ -143,10 +143,10 @@ def test_accumulating_microbatches_equals_one_big_batch():
     batch = jax.tree.map(jnp.asarray, toy_batch(3))
     batch["weights"] = jnp.asarray([1, 0, 2, 1, 0.5, 1, 0, 3], jnp.float32)  # unequal weights
     eval_model = _NoDropout(model)
-    big, big_metrics = jax.jit(trainer.make_train_step(eval_model))(
+    big, big_metrics = jax.jit(train_step.make_train_step(eval_model))(
         _state(tx), batch, jax.random.key(1)
     )
-    small, small_metrics = jax.jit(trainer.make_train_step(eval_model, microbatches=4))(
+    small, small_metrics = jax.jit(train_step.make_train_step(eval_model, microbatches=4))(
         _state(tx), batch, jax.random.key(1)
     )
     np.testing.assert_allclose(small_metrics["loss"], big_metrics["loss"], rtol=1e-6)
@@ -176,27 +176,27 @@ class _NoDropout:
 
 def test_nonfinite_step_is_skipped_and_state_unchanged():
     tx = optimizers.make_optimizer(OPTIMIZER)
-    step = jax.jit(trainer.make_train_step(ToyModel()))
+    step = jax.jit(train_step.make_train_step(ToyModel()))
     state = _state(tx)
     before = jax.tree.map(np.asarray, state)
     bad = jax.tree.map(jnp.asarray, toy_batch(0, nan=True))
     after, metrics = step(state, bad, jax.random.key(0))
-    assert float(metrics[trainer.NONFINITE]) == 1.0
+    assert float(metrics[train_step.NONFINITE]) == 1.0
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, after), before)
     after, metrics = step(after, jax.tree.map(jnp.asarray, toy_batch(1)), jax.random.key(0))
-    assert float(metrics[trainer.NONFINITE]) == 0.0 and int(after.step) == 1
+    assert float(metrics[train_step.NONFINITE]) == 0.0 and int(after.step) == 1
 
 
 OVERFLOWING = dataclasses.replace(OPTIMIZER, peak_lr=1e39)  # inf in float32
 
 
 def test_an_update_that_overflows_is_skipped_though_loss_and_gradient_are_finite():
-    step = jax.jit(trainer.make_train_step(ToyModel()))
+    step = jax.jit(train_step.make_train_step(ToyModel()))
     state = _state(optimizers.make_optimizer(OVERFLOWING))
     before = jax.tree.map(np.asarray, state)
     after, metrics = step(state, jax.tree.map(jnp.asarray, toy_batch(1)), jax.random.key(0))
     assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
-    assert float(metrics[trainer.NONFINITE]) == 1.0
+    assert float(metrics[train_step.NONFINITE]) == 1.0
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, after), before)
 
 
@@ -218,7 +218,7 @@ def test_eval_loss_is_the_whole_sets_mean_weighted_by_loss_weight():
     first, second = toy_batch(0), toy_batch(1)
     second["weights"][: BATCH - 2] = 0.0  # a mostly padded last batch weighs 2 rows, not 1
     mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
-    eval_step = jax.jit(trainer.make_eval_step(ToyModel()))
+    eval_step = jax.jit(train_step.make_eval_step(ToyModel()))
     values = trainer.evaluate(eval_step, state, iter([first, second]), mesh, jax.random.key(0), 5)
     whole = {k: np.concatenate([first[k], second[k]]) for k in first}
     loss, metrics = ToyModel().loss(
@@ -329,9 +329,9 @@ class _EncoderNet(nn.Module):
         return nn.Dense(1, name="head")(encoded.mean(axis=1))[:, 0]
 
 
-class ToyEncoderModel(ToyModel):
-    """`ToyModel`'s loss on `_EncoderNet`; `encoder` is its `EncoderConfig`, as in the ASR
-    and pre-training models."""
+class ToyEncoderModel(encoder_lib.RestagesEncoderParams, ToyModel):
+    """`ToyModel`'s loss on `_EncoderNet`; `encoder` is its `EncoderConfig`, restaged on
+    restore as in the ASR and pre-training models."""
 
     def __init__(self, encoder):
         self.encoder = encoder

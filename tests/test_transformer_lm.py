@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from bigssl_jax import partitioning, trainer
+from bigssl_jax import partitioning, train_step
 from bigssl_jax.decoding import ctc_search, lm_interface
 from bigssl_jax.models import base, transformer_lm
 
@@ -173,8 +173,8 @@ def test_training_drives_the_perplexity_down():
         dropout_rate=0.0,
     )
     model = transformer_lm.LmTrainModel(config=config)
-    state = nn.unbox(trainer.init_state(model, optax.adam(3e-3), jax.random.key(0), batch))
-    step = jax.jit(trainer.make_train_step(model))
+    state = nn.unbox(train_step.init_state(model, optax.adam(3e-3), jax.random.key(0), batch))
+    step = jax.jit(train_step.make_train_step(model))
     perplexities = []
     for _ in range(150):
         state, metrics = step(state, batch, jax.random.key(1))

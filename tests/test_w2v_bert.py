@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from bigssl_jax import partitioning, trainer
+from bigssl_jax import partitioning, train_step
 from bigssl_jax.losses import ssl_losses
 from bigssl_jax.models import base, w2v_bert, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
@@ -53,7 +53,7 @@ def _batch():
 
 @functools.cache
 def _init():
-    init = jax.jit(lambda rng: nn.unbox(trainer.init_state(TRAIN_MODEL, TX, rng, _batch())))
+    init = jax.jit(lambda rng: nn.unbox(train_step.init_state(TRAIN_MODEL, TX, rng, _batch())))
     return init(jax.random.key(0))
 
 
@@ -149,7 +149,7 @@ def test_mlm_module_reads_the_contrastive_module():
 def test_train_steps_lower_the_loss():
     state, batch, eval_rng = _init(), _batch(), jax.random.key(9)
     before, _ = _term_grads(state.params, batch, eval_rng, 0)
-    step = jax.jit(trainer.make_train_step(TRAIN_MODEL))
+    step = jax.jit(train_step.make_train_step(TRAIN_MODEL))
     for _ in range(8):
         state, metrics = step(state, batch, jax.random.key(5))
     after, _ = _term_grads(state.params, batch, eval_rng, 0)
@@ -167,7 +167,7 @@ def _param_shapes(num_layers, num_contrastive_layers, split_layers=()):
     objective = dataclasses.replace(OBJECTIVE, num_contrastive_layers=num_contrastive_layers)
     model = w2v_bert.W2vBertTrainModel(encoder=encoder, objective=objective)
     state = jax.eval_shape(
-        lambda: nn.unbox(trainer.init_state(model, TX, jax.random.key(0), _batch()))
+        lambda: nn.unbox(train_step.init_state(model, TX, jax.random.key(0), _batch()))
     )
     return jax.tree.map(lambda x: x.shape, state.params)
 
@@ -221,7 +221,7 @@ def test_invalid_configs_are_rejected():
     stacked = dataclasses.replace(ENCODER, num_layers=3, stacking_layer=2)
     with pytest.raises(ValueError, match="stacking_layer"):
         jax.eval_shape(
-            lambda: trainer.init_state(
+            lambda: train_step.init_state(
                 w2v_bert.W2vBertTrainModel(encoder=stacked, objective=OBJECTIVE),
                 TX,
                 jax.random.key(0),
@@ -232,7 +232,7 @@ def test_invalid_configs_are_rejected():
 
 def test_params_have_known_logical_axis_names():
     boxed = jax.eval_shape(
-        lambda: trainer.init_state(TRAIN_MODEL, TX, jax.random.key(0), _batch())
+        lambda: train_step.init_state(TRAIN_MODEL, TX, jax.random.key(0), _batch())
     ).params
     known = {name for name, _ in partitioning.LOGICAL_AXIS_RULES}
     is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bigssl_jax import partitioning, trainer
+from bigssl_jax import partitioning, train_step
 from bigssl_jax.losses import ssl_losses
 from bigssl_jax.models import base, wav2vec2
 from bigssl_jax.models import encoder as encoder_lib
@@ -60,7 +60,7 @@ def _batch():
 @functools.cache
 def _init(train_model):
     """The step-0 train state of `train_model` (unboxed)."""
-    init = jax.jit(lambda rng: nn.unbox(trainer.init_state(train_model, TX, rng, _batch())))
+    init = jax.jit(lambda rng: nn.unbox(train_step.init_state(train_model, TX, rng, _batch())))
     return init(jax.random.key(0))
 
 
@@ -81,7 +81,7 @@ def _outputs(model, params, batch, rng):
     )
 
 
-_train_step = jax.jit(trainer.make_train_step(TRAIN_MODEL))
+_train_step = jax.jit(train_step.make_train_step(TRAIN_MODEL))
 
 
 def _numpy_diversity(probs, mask):
@@ -216,7 +216,7 @@ def test_stacking_layer_halves_the_target_and_context_rate():
 
 def test_params_have_known_logical_axis_names():
     boxed = jax.eval_shape(
-        lambda: trainer.init_state(TRAIN_MODEL, TX, jax.random.key(0), _batch())
+        lambda: train_step.init_state(TRAIN_MODEL, TX, jax.random.key(0), _batch())
     ).params
     known = {name for name, _ in partitioning.LOGICAL_AXIS_RULES}
     is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
@@ -231,10 +231,12 @@ def test_data_parallel_step_matches_single_device():
     host_state, batch, rng = _init(TRAIN_MODEL), _batch(), jax.random.key(1)
     reference, reference_metrics = jax.device_get(_train_step(host_state, batch, rng))
     mesh = partitioning.make_mesh(partitioning.MeshConfig(data=8))
-    abstract = jax.eval_shape(lambda: trainer.init_state(TRAIN_MODEL, TX, jax.random.key(0), batch))
+    abstract = jax.eval_shape(
+        lambda: train_step.init_state(TRAIN_MODEL, TX, jax.random.key(0), batch)
+    )
     shardings = partitioning.state_shardings(abstract, mesh, partitioning.LOGICAL_AXIS_RULES)
     step = partitioning.jit_train_step(
-        trainer.make_train_step(TRAIN_MODEL), shardings, partitioning.batch_sharding(mesh), mesh
+        train_step.make_train_step(TRAIN_MODEL), shardings, partitioning.batch_sharding(mesh), mesh
     )
     # From host copies: the step donates its state, which must not alias `_init`'s cache.
     state = jax.device_put(jax.device_get(host_state), shardings)

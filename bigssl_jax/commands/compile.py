@@ -14,7 +14,7 @@ update, sharded and donated) is compiled with libtpu's TPU compiler on this host
 prints one JSON object: per-chip memory against the chip's HBM ('fits', headroom), XLA's FLOPs
 and step-time estimate, the analytic model FLOPs and the parameter count. Exit code 0 if it
 fits, 1 if not or if the compile failed (the JSON says why), 2 for a usage error. See
-`bigssl_jax/aot.py`.
+`bigssl_jax/jobs/aot.py`.
 """
 
 import dataclasses
@@ -25,7 +25,8 @@ from typing import Any
 
 from absl import flags
 
-from bigssl_jax import aot, configurables
+from bigssl_jax import configurables
+from bigssl_jax.jobs import aot
 
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "TPU topology, e.g. v4-64, v5p-256, v5e-256 or v4:2x4x4 (overrides gin)."

@@ -9,13 +9,13 @@ own `config.gin` with the command's `--gin_file` / `--gin_bindings` on top; with
 command's gin alone. The corpus may be any registered one, not only the run's.
 For each split (`--splits`, default all), every utterance's mean-pooled layer outputs (or
 one layer, or a classifier's learned layer mix: `--layer`) are written to
-`<output_dir>/<split>/` as .npy shards with JSON-lines manifests (`bigssl_jax.embeddings`);
+`<output_dir>/<split>/` as .npy shards with JSON-lines manifests (`bigssl_jax.jobs.embeddings`);
 each process of a multi-host job writes its own shard. `--checkpoint` (a shared flag: run,
 checkpoints or step directory) gives the encoder; without it the encoder is randomly
 initialised (`--seed`): the baseline a pre-trained encoder is compared with.
 
 `--probes` (repeatable, 'field:train_split:eval_split') then fits one logistic-regression
-probe per layer (`bigssl_jax.probes`) and writes probes.json / .md / .png into
+probe per layer (`bigssl_jax.jobs.probes`) and writes probes.json / .md / .png into
 `--output_dir`; `--baseline_dir` adds other runs' probes.json to the table and plot.
 
 Exit codes: 0 done; 1 a user error (one line on stderr).
@@ -69,7 +69,8 @@ def _embed(corpus: str, output_dir: pathlib.Path, data_dir, splits) -> int:
 
     import jax
 
-    from bigssl_jax import configurables, embeddings, gin_utils
+    from bigssl_jax import configurables, gin_utils
+    from bigssl_jax.jobs import embeddings
     from bigssl_tasks import corpus_tasks
 
     try:
@@ -120,7 +121,7 @@ def _embed(corpus: str, output_dir: pathlib.Path, data_dir, splits) -> int:
 
 
 def _probe(output_dir: pathlib.Path) -> int:
-    from bigssl_jax import probes
+    from bigssl_jax.jobs import probes
 
     try:
         specs = [probes.ProbeSpec.parse(text) for text in _PROBES.value]

@@ -5,7 +5,7 @@
 
 Experiments:
   data-efficiency  supervised only vs pre-trained + fine-tuned vs pre-trained + self-trained +
-                   fine-tuned at several labeled fractions (`bigssl_jax.data_efficiency`).
+                   fine-tuned at several labeled fractions (`bigssl_jax.jobs.data_efficiency`).
                    `--seeds` are the training seeds of every arm; `--seed` is the data seed
                    (of the synthetic corpus, as for `bigssl pipeline`, and of the labeled subsets).
 
@@ -17,8 +17,8 @@ import sys
 
 from absl import flags
 
-from bigssl_jax import data_efficiency, pipeline
 from bigssl_jax.commands import common_flags
+from bigssl_jax.jobs import data_efficiency, pipeline
 
 TAKES_ARGUMENTS = True  # the experiment's name
 

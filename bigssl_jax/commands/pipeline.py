@@ -1,4 +1,4 @@
-"""`bigssl pipeline`: the main job, every stage on the embedded corpus (see `bigssl_jax.pipeline`).
+"""`bigssl pipeline`: the main job, every stage on the embedded corpus (`bigssl_jax.jobs.pipeline`).
 
 bigssl pipeline --preset=demo      # the data-efficiency claim on the closed corpus
 bigssl pipeline --preset=smoke     # the tiny corpus, a few steps per stage (minutes)
@@ -12,8 +12,8 @@ import sys
 
 from absl import flags
 
-from bigssl_jax import pipeline
 from bigssl_jax.commands import common_flags
+from bigssl_jax.jobs import pipeline
 
 _PRESET = flags.DEFINE_enum(
     "preset",

@@ -21,7 +21,7 @@ from absl import flags
 
 from bigssl_jax import paths
 from bigssl_jax.commands import common_flags
-from bigssl_jax.data import prepare, sources
+from bigssl_jax.data import librispeech, manifests, prepare, sources, tfds_source
 
 FORMATS = ("librispeech", "manifest", "tfds", "embedded")
 
@@ -86,7 +86,7 @@ def _single_source(fmt: str) -> tuple[str, str, sources.Source]:
     if not _SOURCE.value:
         raise UsageError(f"--format={fmt} needs --source")
     if fmt == "tfds":
-        source = sources.TfdsSource(
+        source = tfds_source.TfdsSource(
             _SOURCE.value,
             data_dir=_TFDS_DATA_DIR.value,
             name=_TFDS_NAME.value,
@@ -95,7 +95,7 @@ def _single_source(fmt: str) -> tuple[str, str, sources.Source]:
         return _NAME.value or _TFDS_NAME.value, _SPLIT.value or _SOURCE.value, source
     if not _NAME.value:
         raise UsageError(f"--format={fmt} needs --name (the corpus name)")
-    reader = sources.librispeech_source if fmt == "librispeech" else sources.manifest_source
+    reader = librispeech.librispeech_source if fmt == "librispeech" else manifests.manifest_source
     source = reader(_SOURCE.value, unlabeled=_UNLABELED.value, sample_rate=_SAMPLE_RATE.value)
     return _NAME.value, _SPLIT.value or _default_split(_SOURCE.value), source
 

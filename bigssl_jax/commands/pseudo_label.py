@@ -4,8 +4,8 @@
         --corpus=embedded_small --split=unlabeled --output_dir=/tmp/pl_gen1 --name=pl_gen1 \\
         --beam_size=8 --keep_top_fraction=0.9
 
-Each process labels its own files of the split's unlabeled task (`bigssl_jax.pseudo_label`,
-set up by `bigssl_jax.pseudo_label_job` as the Beam runner's is) into
+Each process labels its own files of the split's unlabeled task (`bigssl_jax.jobs.pseudo_label`,
+set up by `bigssl_jax.jobs.pseudo_label_job` as the Beam runner's is) into
 `<output_dir>/shards/`, data-parallel over its devices; process 0 then filters
 (`--min_confidence`, `--keep_top_fraction`, `--normalization`) and writes `manifest.json`
 and `report.json` (labeled / kept counts, and the oracle WER of the kept labels when the
@@ -56,8 +56,9 @@ def _run(data_dir) -> int:
 
     import jax
 
-    from bigssl_jax import gin_utils, pseudo_label, pseudo_label_job
+    from bigssl_jax import gin_utils
     from bigssl_jax.data import registry as registry_lib
+    from bigssl_jax.jobs import pseudo_label, pseudo_label_job
 
     spec = functools.partial(
         pseudo_label_job.teacher_spec,

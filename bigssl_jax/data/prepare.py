@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bigssl_jax import paths
-from bigssl_jax.data import registry, schema, sources
+from bigssl_jax.data import manifests, registry, schema, sources
 
 PLAN_VERSION = 1
 SHARD_SOURCE_BYTES = 200 * 2**20  # default shard size, in bytes of source audio
@@ -373,8 +373,8 @@ def prepare_embedded(
     Returns:
       One SplitReport per split, in split-name order.
     """
-    corpus = corpus or embedded_corpus_name(sources.embedded_preset(root))
+    corpus = corpus or embedded_corpus_name(manifests.embedded_preset(root))
     return [
         prepare_split(source, data_dir=data_dir, corpus=corpus, split=split, options=options)
-        for split, source in sources.embedded_sources(root).items()
+        for split, source in manifests.embedded_sources(root).items()
     ]

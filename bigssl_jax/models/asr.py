@@ -109,7 +109,7 @@ class FusionLmModel(Protocol):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AsrTrainModel:
+class AsrTrainModel(encoder_lib.RestagesEncoderParams):
     """The fields and scoring every ASR model wrapper shares (CTC, RNN-T); subclasses add
     their head, `vocab_size`, `init_variables`, `loss` and `decode`.
 

@@ -152,6 +152,23 @@ class StatisticsModel(Protocol):
 
 
 @runtime_checkable
+class RegroupsParams(Protocol):
+    """A model that can take some of its params from a checkpoint that grouped them otherwise.
+
+    When `TrainerConfig.init_params_scopes` takes a top-level scope from a checkpoint that
+    holds it with other shapes than the model's, the trainer reads the saved scope to host
+    and asks `regroup_params` for it in the model's layout
+    (`checkpointing.restore_init_params`); e.g. the encoder models
+    (`models.encoder.RestagesEncoderParams`) restage an encoder saved with other stage cuts.
+    """
+
+    def regroup_params(self, scope: str, saved: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The saved params of top-level `scope` (numpy arrays) in this model's layout, or
+        None when the model knows no other layout of `scope`."""
+        ...
+
+
+@runtime_checkable
 class EncoderModel(Protocol):
     """A model on the Conformer audio encoder (pre-training, ASR, classifiers): its params
     hold the encoder under the top-level name 'encoder'.

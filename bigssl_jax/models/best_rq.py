@@ -256,7 +256,7 @@ def loss_fn(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class BestRqTrainModel:
+class BestRqTrainModel(encoder_lib.RestagesEncoderParams):
     """BEST-RQ as a `models.base.TrainModel` (what `bigssl train` drives).
 
     Attributes:

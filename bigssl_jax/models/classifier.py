@@ -279,7 +279,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ClassifierTrainModel:
+class ClassifierTrainModel(encoder_lib.RestagesEncoderParams):
     """An utterance classifier as a `models.base.TrainModel` and `ScoredModel`.
 
     Attributes:

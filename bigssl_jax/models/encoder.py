@@ -276,6 +276,15 @@ class AudioEncoder(nn.Module):
         )
 
 
+class RestagesEncoderParams:
+    """Mixin of the model wrappers with an `encoder: EncoderConfig` field (pre-training, ASR,
+    classifiers): their `regroup_params` hook (`models.base.RegroupsParams`) restages an
+    'encoder' scope saved with other stage cuts, e.g. w2v-BERT's (`restage_params`)."""
+
+    def regroup_params(self, scope: str, saved: Mapping[str, Any]) -> dict[str, Any] | None:
+        return restage_params(saved, self.encoder) if scope == "encoder" else None
+
+
 def restage_params(params: Mapping[str, Any], config: EncoderConfig) -> dict[str, Any]:
     """`ConformerEncoder` params saved with other stage cuts, regrouped for `config`.
 

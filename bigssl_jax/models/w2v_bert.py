@@ -202,7 +202,7 @@ def loss_fn(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class W2vBertTrainModel:
+class W2vBertTrainModel(encoder_lib.RestagesEncoderParams):
     """w2v-BERT as a `models.base.TrainModel` (what `bigssl train` drives).
 
     The loss weight (`base.LOSS_WEIGHT`) is the masked-frame count (see

@@ -438,7 +438,7 @@ def loss_fn(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Wav2Vec2TrainModel:
+class Wav2Vec2TrainModel(encoder_lib.RestagesEncoderParams):
     """wav2vec 2.0 as a `models.base.TrainModel` (what `bigssl train` drives).
 
     The loss weight (`base.LOSS_WEIGHT`) is the masked-frame count. Microbatches then combine

@@ -7,7 +7,7 @@
     report = pseudo_label.finalize(config.output_dir, name="pl_gen1", filtering=FilterConfig())
 
 A job's set-up (the corpus's task, the teacher with its decoding overrides and fusion LM,
-the filtering) is `bigssl_jax.pseudo_label_job`'s, shared by `bigssl pseudo-label` and the
+the filtering) is `bigssl_jax.jobs.pseudo_label_job`'s, shared by `bigssl pseudo-label` and the
 Beam runner.
 
 Work units. Unit u of U is the u-th TFRecord file of the task (`seqio.ShardInfo(u, U)`
@@ -15,7 +15,7 @@ selects exactly that file), read in order, batched by length buckets and decoded
 the teacher's jitted `decode`, data-parallel over this process's devices. Process p of
 P labels units u = p, p + P, ...: each process reads only its own files, and the union
 of all processes' units is exactly the task. An Apache Beam pipeline
-(`bigssl_jax.beam_pseudo_label`) hands the same units to its workers instead.
+(`bigssl_jax.jobs.beam_pseudo_label`) hands the same units to its workers instead.
 
 Exactly once, after `kill -9` at any point. Unit u is written to a private temporary
 name, renamed atomically to `shards/labels-<u>-of-<U>.tfrecord`, and then marked done

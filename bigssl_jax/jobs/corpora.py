@@ -15,7 +15,7 @@ import shutil
 import time
 
 from bigssl_jax import paths
-from bigssl_jax.data import prepare, sources, synthetic_corpus
+from bigssl_jax.data import manifests, prepare, sources, synthetic_corpus
 from bigssl_jax.data import registry as registry_lib
 
 EVAL_SPLITS = ("dev", "test", "test_clean")
@@ -96,7 +96,7 @@ def make_labeled_share(
     name = f"{corpus}_{LabeledShare(fraction, corpus, 0, 0.0, draw).tag}"
     start = time.perf_counter()
     description = f"{fraction:g} of {corpus}/labeled labeled (seed {seed}, draw {draw})"
-    pool = sources.embedded_sources(root)
+    pool = manifests.embedded_sources(root)
     labeled, unlabeled = sources.split_labeled_pool(
         pool["labeled"], pool["unlabeled"], fraction, [seed, draw] if draw else seed
     )

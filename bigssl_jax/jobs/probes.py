@@ -1,6 +1,6 @@
 """Layer-wise linear probes on utterance embeddings: which layer knows what.
 
-For a label field (accent, speaker, ...) and the embeddings of `bigssl_jax.embeddings`
+For a label field (accent, speaker, ...) and the embeddings of `bigssl_jax.jobs.embeddings`
 ([N, L, D], one pooled vector per layer), one multinomial logistic regression per layer l:
 
   x = (E[n, l] - mu_l) P_l                 (PCA whitening fitted on the train set, `whitening`)
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bigssl_jax import embeddings as embeddings_lib
+from bigssl_jax.jobs import embeddings as embeddings_lib
 from bigssl_jax.models import classifier
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)

@@ -56,8 +56,9 @@ import time
 
 import numpy as np
 
-from bigssl_jax import corpora, error_tables, paths, pipeline
-from bigssl_jax.data import sources
+from bigssl_jax import paths
+from bigssl_jax.data import manifests
+from bigssl_jax.jobs import corpora, error_tables, pipeline
 from bigssl_tasks import vocab
 
 ARMS = ("supervised", "pretrained", "self_trained")
@@ -188,7 +189,7 @@ def reduction_intervals(rows: list[dict], root: os.PathLike) -> dict:
     """
     from bigssl_jax.evaluation import bootstrap
 
-    manifest = pathlib.Path(root) / "test" / sources.MANIFEST_NAME
+    manifest = pathlib.Path(root) / "test" / manifests.MANIFEST_NAME
     speakers = {
         row["id"]: row["speaker"]
         for row in (json.loads(line) for line in manifest.read_text().splitlines())

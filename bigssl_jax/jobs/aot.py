@@ -3,7 +3,7 @@
 With `libtpu` installed (`pip install -e ".[tpu-aot]"`), XLA's TPU compiler runs on any host:
 `jax.experimental.topologies.get_topology_desc` gives compile-only device objects for a named
 slice, a mesh is built on them as on real chips, and the full train step of any audio
-`TrainModel` (BEST-RQ, wav2vec 2.0, w2v-BERT, CTC, RNN-T...: `trainer.make_train_step`,
+`TrainModel` (BEST-RQ, wav2vec 2.0, w2v-BERT, CTC, RNN-T...: `train_step.make_train_step`,
 forward, backward, optimizer update; parameters and optimizer state sharded by the
 logical-axis rules, the batch sharded, the state donated) is lowered from
 `jax.ShapeDtypeStruct`s and compiled. Nothing is allocated. The compiled program reports
@@ -29,7 +29,7 @@ per chip, and it is compared with the chip's HBM above.
 
 Caveat on XLA's FLOP count: the cost model counts the body of a while loop once, so with
 `scan_layers` (the default) its 'flops' covers one Conformer block of the stack, not all of
-them. Use the analytic count (`bigssl_jax.flops`) for utilisation; XLA's 'optimal_seconds' has
+them. Use the analytic count (`bigssl_jax.jobs.flops`) for utilisation; XLA's 'optimal_seconds' has
 the same limitation.
 """
 
@@ -51,8 +51,8 @@ from jax.experimental import topologies
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bigssl_jax import flops as flops_lib
-from bigssl_jax import optimizers, partitioning, trainer
+from bigssl_jax import optimizers, partitioning, train_step
+from bigssl_jax.jobs import flops as flops_lib
 from bigssl_jax.layers import frontend
 from bigssl_jax.models import base, best_rq, ctc_model
 from bigssl_jax.models import encoder as encoder_lib
@@ -300,7 +300,9 @@ def abstract_inputs(
     """
     init_batch = {name: jax.ShapeDtypeStruct(x.shape, x.dtype) for name, x in batch.items()}
     key = jax.eval_shape(lambda: jax.random.key(0))
-    boxed = jax.eval_shape(lambda rng: trainer.init_state(model, optimizer, rng, init_batch), key)
+    boxed = jax.eval_shape(
+        lambda rng: train_step.init_state(model, optimizer, rng, init_batch), key
+    )
     shardings = partitioning.state_shardings(boxed, mesh, rules)
     state = _with_shardings(nn.unbox(boxed), shardings)
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, P()))
@@ -321,7 +323,7 @@ def compile_train_step(
     """Lowers and compiles the train step as `bigssl train` jits it (state donated)."""
     replicated = NamedSharding(mesh, P())
     step = jax.jit(
-        trainer.make_train_step(model, microbatches=microbatches),
+        train_step.make_train_step(model, microbatches=microbatches),
         in_shardings=(state_shardings, partitioning.batch_sharding(mesh), replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
@@ -440,7 +442,7 @@ def _per_chip_bytes(tree: Any) -> int:
 
 
 def analytic_flops(model: base.TrainModel, num_frames: int, batch_size: int) -> dict[str, Any]:
-    """Model FLOPs of one train step (`bigssl_jax.flops`) and what they cover.
+    """Model FLOPs of one train step (`bigssl_jax.jobs.flops`) and what they cover.
 
     BEST-RQ counts encoder, head and quantiser; CTC the encoder and its vocabulary projection;
     any other model (wav2vec 2.0, w2v-BERT, RNN-T, classifiers) the encoder alone, whose

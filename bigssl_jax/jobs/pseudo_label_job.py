@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from bigssl_jax import pseudo_label
+from bigssl_jax.jobs import pseudo_label
 from bigssl_jax.models import asr
 
 # run_model(checkpoint, own_config=False) -> the run's model wrapper (gin_utils.run_model).

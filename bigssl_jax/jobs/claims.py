@@ -8,7 +8,7 @@ import json
 import os
 import pathlib
 
-from bigssl_jax.data import sources
+from bigssl_jax.data import manifests
 from bigssl_jax.evaluation import bootstrap
 
 
@@ -29,7 +29,7 @@ def claim_summary(
     `evaluate_<name>` (greedy) and `evaluate_<name>_fused` under `work_dir`, the test
     speakers from the embedded corpus at `root`.
     """
-    manifest = pathlib.Path(root) / "test" / sources.MANIFEST_NAME
+    manifest = pathlib.Path(root) / "test" / manifests.MANIFEST_NAME
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     speakers = {row["id"]: row["speaker"] for row in rows}
     supervised, *chain, topline = names

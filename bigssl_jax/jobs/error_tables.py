@@ -9,7 +9,7 @@ print(error_tables.results_table({"ssl_10": {"test": {"wer": 0.42, "cer": 0.2}}}
 import json
 import pathlib
 
-from bigssl_jax.corpora import EVAL_SPLITS
+from bigssl_jax.jobs.corpora import EVAL_SPLITS
 
 # The error rates reported per split. At laptop scale WER sits near 100% while CER still
 # moves, so the tables show both.

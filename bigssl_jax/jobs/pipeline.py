@@ -38,8 +38,10 @@ import subprocess
 import sys
 import time
 
-from bigssl_jax import checkpointing, claims, paths
-from bigssl_jax.corpora import (
+from bigssl_jax import checkpointing, paths
+from bigssl_jax.data import prepare, sources, synthetic_corpus
+from bigssl_jax.jobs import claims, provenance
+from bigssl_jax.jobs.corpora import (
     EVAL_SPLITS,
     LabeledShare,
     ensure_vocabulary,
@@ -47,8 +49,7 @@ from bigssl_jax.corpora import (
     print_stage,
     text_only_file,
 )
-from bigssl_jax.data import prepare, sources, synthetic_corpus
-from bigssl_jax.error_tables import (
+from bigssl_jax.jobs.error_tables import (
     ERROR_RATES,
     dev_curves,
     plot_dev_curves,
@@ -534,7 +535,7 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
         "command": f"bigssl pipeline --preset={preset_name}",
         "preset": preset_name,
         "corpus": corpus,
-        "source_commit": source_commit(),
+        "source_commit": provenance.source_commit(),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "steps": {name: int(checkpointing.best_step(run).name) for name, run in models.items()},
         "arms": results,
@@ -546,26 +547,6 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
     print(f"\nWER / CER (%) on {corpus} ({runner.work_dir / 'results.png'}):\n")
     print(results_table(results), flush=True)
     return 0
-
-
-def source_commit() -> str | None:
-    """The git commit of the code that runs (with '+dirty' when the checkout has uncommitted
-    changes), or None outside a git checkout."""
-    root = pathlib.Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
-            )
-        except (OSError, subprocess.CalledProcessError):
-            return None
-        return done.stdout.strip()
-
-    commit = git("rev-parse", "HEAD")
-    if commit and git("status", "--porcelain", "--untracked-files=no"):
-        commit += "+dirty"
-    return commit
 
 
 def publish(preset_name: str, data_dir: os.PathLike, path: os.PathLike) -> int:
