@@ -18,14 +18,14 @@ ERRORS = {
 IDS = ("u0", "u1", "u2", "u3")
 
 
-def _finished_run(tmp_path):
+def _finished_run(tmp_path, errors_of=ERRORS):
     root, work = tmp_path / "corpus", tmp_path / "work"
     (root / "test").mkdir(parents=True)
     speakers = ("a", "a", "b", "b")
     rows = [{"id": i, "speaker": s} for i, s in zip(IDS, speakers, strict=True)]
     (root / "test" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     results = {}
-    for name, errors in ERRORS.items():
+    for name, errors in errors_of.items():
         for stage, suffix in (("", ""), ("_fused", "+lm")):
             tsv = work / f"evaluate_{name}{stage}" / "test" / "transcripts.tsv"
             tsv.parent.mkdir(parents=True)
@@ -92,3 +92,14 @@ def test_dev_curves_read_each_runs_evaluations_by_step(tmp_path):
     }
     error_tables.plot_dev_curves(curves, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_no_gap_to_close_when_the_topline_is_not_significantly_better(tmp_path):
+    errors_of = {**ERRORS, "supervised_100": (5, 5, 4, 5)}  # one error fewer, one speaker
+    work, root, results = _finished_run(tmp_path, errors_of)
+    summary = claims.claim_summary(work, results, list(errors_of), root)
+    assert summary["greedy"]["gap_closed"] is None
+    assert summary["greedy"]["topline_gain"]["low"] <= 0
+    assert "- greedy: no gap to close: supervised_100 is not better" in "\n".join(
+        claims.claim_lines(summary)
+    )

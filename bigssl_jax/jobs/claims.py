@@ -24,7 +24,8 @@ def claim_summary(
     (`test_wer_reductions`: supervised_<p> -> ssl_<p>, ssl_<p> -> each student in turn, and
     supervised_100 -> the last student, whose interval holding 0 or more means the student
     matches or beats supervised training on all the labels); the share of the
-    supervised_<p> -> supervised_100 test-WER gap it closes, and whether each generation
+    supervised_<p> -> supervised_100 test-WER gap it closes (None unless supervised_100 is
+    better with 95% confidence: `topline_gain`, its interval), and whether each generation
     beats its teacher on dev and on test: from the test transcripts of the stages
     `evaluate_<name>` (greedy) and `evaluate_<name>_fused` under `work_dir`, the test
     speakers from the embedded corpus at `root`.
@@ -43,12 +44,15 @@ def claim_summary(
 
         pairs = [(supervised, chain[0]), *zip(chain, chain[1:], strict=False), (topline, chain[-1])]
         test_wer = {name: results[f"{name}{suffix}"]["test"]["wer"] for name in names}
-        gap = test_wer[supervised] - test_wer[topline]
+        # A gap is only one to close when the topline is significantly better.
+        topline_gain = reduction(supervised, topline)
+        gap = test_wer[supervised] - test_wer[topline] if topline_gain["low"] > 0 else 0.0
         summary[decoding] = {
             "test_wer_reduction": reduction(supervised, chain[-1]),
             "test_wer_reductions": {
                 f"{baseline} -> {system}": reduction(baseline, system) for baseline, system in pairs
             },
+            "topline_gain": topline_gain,
             "gap_closed": (test_wer[supervised] - test_wer[chain[-1]]) / gap if gap > 0 else None,
             "beats_teacher": {
                 student: {
@@ -90,6 +94,13 @@ def claim_lines(summary: dict) -> list[str]:
             lines.append(
                 f"- {decoding}: the student closes {100 * judged['gap_closed']:.0f}% of the "
                 "test-WER gap between the share's supervised arm and supervised_100"
+            )
+        else:
+            gain = judged["topline_gain"]
+            lines.append(
+                f"- {decoding}: no gap to close: supervised_100 is not better than the share's "
+                f"supervised arm with 95% confidence (test WER {-100 * gain['estimate']:+.1f}% "
+                f"relative, CI [{-100 * gain['high']:+.1f}, {-100 * gain['low']:+.1f}])"
             )
         for student, beats in judged["beats_teacher"].items():
             verdict = ", ".join(f"{split}: {'yes' if w else 'no'}" for split, w in beats.items())
