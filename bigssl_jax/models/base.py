@@ -1,8 +1,9 @@
 """The model protocol the trainer drives: every stage's model wrapper satisfies it.
 
 A model wrapper owns a pure Flax network, its variable initialisation and its loss; the
-trainer (`bigssl_jax.trainer`) owns `value_and_grad`, microbatch accumulation, the optimizer
-update, the non-finite guard, shardings and all I/O. Pre-training (BEST-RQ, wav2vec 2.0,
+train step (`bigssl_jax.train_step`) owns `value_and_grad`, microbatch accumulation, the
+optimizer update and the non-finite guard, the trainer (`bigssl_jax.trainer`) shardings and
+all I/O. Pre-training (BEST-RQ, wav2vec 2.0,
 w2v-BERT), fine-tuning and classification are each a `TrainModel` plus data plus a
 `TrainerConfig`, not a fork of the loop.
 

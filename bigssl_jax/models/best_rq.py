@@ -24,8 +24,8 @@ only 'params' are trained.
 
 The wav2vec 2.0 and w2v-BERT objectives (`models.wav2vec2`, `models.w2v_bert`) have the same
 shape: a Flax model whose `__call__` returns the outputs, a `loss_fn`, and a
-`models.base.TrainModel` wrapper. The train step itself is the trainer's, shared by every
-objective (`bigssl_jax.trainer`).
+`models.base.TrainModel` wrapper. The train step itself is shared by every objective
+(`bigssl_jax.train_step`).
 """
 
 import dataclasses
