@@ -237,6 +237,15 @@ class Runner:
         print_stage(name, f"done: {stage_dir}", start)
         return stage_dir
 
+    @staticmethod
+    def best_step(run_dir: pathlib.Path) -> os.PathLike:
+        """`run_dir`'s step with the best dev WER; `run_dir` itself when it has no checkpoint
+        (a done stage runs nothing; a stage to run says so in one line)."""
+        try:
+            return checkpointing.best_step(run_dir)
+        except FileNotFoundError:
+            return run_dir
+
     def train(self, name: str, gin_file: str, bindings) -> pathlib.Path:
         """`bigssl train` of `gin_file` on `self.corpus` with `bindings` (then `self.bindings`)
         as stage `name`."""
@@ -275,7 +284,7 @@ class Runner:
         return self.run(
             name,
             "pseudo-label",
-            f"--checkpoint={checkpointing.best_step(teacher)}",
+            f"--checkpoint={self.best_step(teacher)}",
             f"--data_dir={self.data_dir}",
             f"--corpus={self.corpus}",
             "--split=unlabeled",
@@ -343,7 +352,7 @@ class Runner:
         stage_dir = self.run(
             name,
             "evaluate",
-            f"--checkpoint={checkpointing.best_step(run_dir)}",
+            f"--checkpoint={self.best_step(run_dir)}",
             f"--data_dir={self.data_dir}",
             f"--splits={','.join(splits)}",
             f"--output_dir={self.work_dir / name}",
@@ -502,6 +511,11 @@ def prepare_inputs(preset: PipelinePreset, *, data_dir: os.PathLike, seed: int, 
     return corpus
 
 
+def _scored_step(work_dir: pathlib.Path, model: str) -> int:
+    """The checkpoint step stage `evaluate_<model>` scored (its `results.json`)."""
+    return json.loads((work_dir / f"evaluate_{model}" / "results.json").read_text())["step"]
+
+
 def work_dir(data_dir: os.PathLike, preset_name: str) -> pathlib.Path:
     """`<data_dir>/pipeline/<preset>`: where the pipeline of `preset_name` runs its stages."""
     return pathlib.Path(data_dir) / "pipeline" / preset_name
@@ -537,7 +551,7 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
         "corpus": corpus,
         "source_commit": provenance.source_commit(),
         "wall_seconds": round(time.perf_counter() - start, 1),
-        "steps": {name: int(checkpointing.best_step(run).name) for name, run in models.items()},
+        "steps": {name: _scored_step(runner.work_dir, name) for name in models},
         "arms": results,
         "claims": judged,
     }
