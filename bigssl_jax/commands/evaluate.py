@@ -85,8 +85,9 @@ def evaluate(
     loaded = gin_utils.load_model(checkpoint, ema=ema, overrides=overrides)
     model = asr.with_beam_size(loaded.model, beam_size)
     experiment = configurables.ExperimentConfig()
-    splits = _scorable_splits(experiment.corpus, splits, data_dir, inference.reads_text(model))
-    vocabulary = model.vocabulary if inference.reads_text(model) else None
+    reads_text = inference.reads_text(model)
+    splits = _scorable_splits(experiment.corpus, splits, data_dir, reads_text)
+    vocabulary = model.vocabulary if reads_text else None
     names = experiment_lib.register_tasks(experiment, data_dir, vocab_model=vocabulary or None)
     model = experiment_lib.with_label_names(model, experiment, data_dir)
     make_input = training.gin_scoped(configurables.InputConfig)

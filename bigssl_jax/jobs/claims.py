@@ -4,6 +4,7 @@ summary = claims.claim_summary(work_dir, results, names, corpus_root)
 summary["lm"]["test_wer_reduction"]    # {'estimate', 'low', 'high', 'level', ...}
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -38,11 +39,9 @@ def claim_summary(
     for decoding, suffix, stage in (("greedy", "", ""), ("lm", "+lm", "_fused")):
         if f"{supervised}{suffix}" not in results:
             continue
-
-        def reduction(baseline: str, system: str, stage: str = stage) -> dict:
-            return _test_wer_reduction(work_dir, stage, speakers, baseline, system)
-
-        pairs = [(supervised, chain[0]), *zip(chain, chain[1:], strict=False), (topline, chain[-1])]
+        reduction = functools.partial(_test_wer_reduction, work_dir, stage, speakers)
+        generations = list(zip(chain, chain[1:], strict=False))  # (teacher, student)
+        pairs = [(supervised, chain[0]), *generations, (topline, chain[-1])]
         test_wer = {name: results[f"{name}{suffix}"]["test"]["wer"] for name in names}
         # A gap is only one to close when the topline is significantly better.
         topline_gain = reduction(supervised, topline)
@@ -60,7 +59,7 @@ def claim_summary(
                     < results[f"{teacher}{suffix}"][split]["wer"]
                     for split in ("dev", "test")
                 }
-                for teacher, student in zip(chain, chain[1:], strict=False)
+                for teacher, student in generations
             },
         }
     return summary

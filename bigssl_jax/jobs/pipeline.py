@@ -554,8 +554,8 @@ def run(preset_name: str, *, data_dir: os.PathLike, seed: int = 0, jobs: int = 1
         "steps": {name: _scored_step(runner.work_dir, name) for name in models},
         "arms": results,
         "claims": judged,
+        "dev_curves": dev_curves(models),
     }
-    record["dev_curves"] = dev_curves(models)
     plot_dev_curves(record["dev_curves"], runner.work_dir / "dev_curves.png")
     (runner.work_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nWER / CER (%) on {corpus} ({runner.work_dir / 'results.png'}):\n")
