@@ -115,3 +115,54 @@ def test_pseudo_label_and_embed_another_corpus(run, data_dir, tmp_path):
     assert "embed: test: 6 of 6 utterances" in done.stdout
     info = json.loads((embedded / "test" / "info.json").read_text())
     assert info["num_utterances"] == 6
+
+
+def test_a_student_starts_from_another_corpus_pre_training_by_gin_alone(
+    run, data_dir, tmp_path
+):
+    """Pre-training on OTHER's unlabeled audio, then a noisy student on CORPUS's labels plus
+    OTHER's pseudo-labels (from a teacher fine-tuned on CORPUS) that starts from it."""
+    pretrained = tmp_path / "pretrained"
+    done = _bigssl(
+        "train",
+        "--gin_file=experiments/pretrain_w2v_bert_smoke.gin",
+        f"--gin_bindings=CORPUS = '{OTHER}'",
+        "--gin_bindings=ExperimentConfig.eval_split = None",
+        "--gin_bindings=TrainerConfig.num_steps = 1",
+        "--gin_bindings=train/InputConfig.batch_size = 4",
+        f"--model_dir={pretrained}",
+        f"--data_dir={data_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    labels = tmp_path / "labels"
+    done = _bigssl(
+        "pseudo-label",
+        f"--checkpoint={run}",
+        f"--data_dir={data_dir}",
+        f"--corpus={OTHER}",
+        "--split=unlabeled",
+        f"--output_dir={labels}",
+        "--batch_size=4",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    student = tmp_path / "student"
+    done = _bigssl(
+        "train",
+        "--gin_file=experiments/finetune_ctc_smoke.gin",
+        f"--gin_bindings=TrainerConfig.init_checkpoint = '{pretrained}'",
+        f"--gin_bindings=ExperimentConfig.pseudo_labels = ('{labels}',)",
+        "--gin_bindings=ExperimentConfig.mix_ratios = (1.0, 1.0)",
+        "--gin_bindings=TrainerConfig.num_steps = 1",
+        f"--model_dir={student}",
+        f"--data_dir={data_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"init from {pretrained}" in done.stderr
+    evaluated = _bigssl(
+        "evaluate", f"--checkpoint={student}", f"--data_dir={data_dir}", f"--corpus={OTHER}",
+        f"--output_dir={tmp_path / 'scores'}",
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert set(json.loads((tmp_path / "scores" / "results.json").read_text())["results"]) == {
+        "test"
+    }

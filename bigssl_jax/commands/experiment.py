@@ -18,7 +18,7 @@ import sys
 from absl import flags
 
 from bigssl_jax.commands import common_flags
-from bigssl_jax.jobs import data_efficiency, pipeline
+from bigssl_jax.jobs import data_efficiency, pipeline, stage_processes
 
 TAKES_ARGUMENTS = True  # the experiment's name
 
@@ -92,7 +92,8 @@ def main(argv) -> int:
         print(f"experiment: {error}", file=sys.stderr)
         return 2
     try:
-        return _data_efficiency(*flag_values)
+        with stage_processes.forwarding_sigterm():
+            return _data_efficiency(*flag_values)
     except (ValueError, *pipeline.USER_ERRORS) as error:
         print(f"experiment: {error}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ import sys
 from absl import flags
 
 from bigssl_jax.commands import common_flags
-from bigssl_jax.jobs import pipeline
+from bigssl_jax.jobs import pipeline, stage_processes
 
 _PRESET = flags.DEFINE_enum(
     "preset",
@@ -31,13 +31,14 @@ def main(argv) -> int:
     try:
         if _PUBLISH.value:
             return pipeline.publish(_PRESET.value, common_flags.data_dir(), _PUBLISH.value)
-        return pipeline.run(
-            _PRESET.value,
-            data_dir=common_flags.data_dir(),
-            seed=common_flags.SEED.value,
-            # Corpus synthesis output does not depend on --jobs.
-            jobs=common_flags.jobs_or_all_cores(),
-        )
+        with stage_processes.forwarding_sigterm():
+            return pipeline.run(
+                _PRESET.value,
+                data_dir=common_flags.data_dir(),
+                seed=common_flags.SEED.value,
+                # Corpus synthesis output does not depend on --jobs.
+                jobs=common_flags.jobs_or_all_cores(),
+            )
     except pipeline.USER_ERRORS as error:
         print(f"pipeline: {error}", file=sys.stderr)
         return 1

@@ -32,13 +32,12 @@ import dataclasses
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
 
 from bigssl_jax import checkpointing, paths
 from bigssl_jax.data import prepare, sources, synthetic_corpus
-from bigssl_jax.jobs import claims, provenance
+from bigssl_jax.jobs import claims, provenance, stage_processes
 from bigssl_jax.jobs.corpora import (
     EVAL_SPLITS,
     LabeledShare,
@@ -192,6 +191,7 @@ USER_ERRORS = (
     prepare.PrepareError,
     sources.SourceError,
     StageError,
+    stage_processes.Stopped,
     OSError,
 )
 
@@ -229,10 +229,9 @@ class Runner:
         env = {"JAX_COMPILATION_CACHE_DIR": str(self.data_dir / XLA_CACHE), **os.environ}
         if self.single_threaded:
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {ONE_THREAD_XLA_FLAGS}".strip()
-        with open(log, "a") as out:
-            done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
-        if done.returncode:
-            raise StageError(f"stage '{name}' failed (exit {done.returncode}); see {log}")
+        returncode = stage_processes.run(argv, log=log, env=env, name=name)
+        if returncode:
+            raise StageError(f"stage '{name}' failed (exit {returncode}); see {log}")
         (stage_dir / DONE).write_text(json.dumps({"command": argv[3:]}) + "\n")
         print_stage(name, f"done: {stage_dir}", start)
         return stage_dir

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigssl_jax.layers import attention
+from bigssl_jax.layers import attention, dropout
 
 _ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 _HIDDEN_AXES = ("activation_batch", "activation_length", "activation_mlp")
@@ -69,9 +69,9 @@ class FeedForward(nn.Module):
         h = layer_norm(self.dtype, "norm")(x)
         h = dense(self.hidden_dim, ("embed", "mlp"), self.dtype, "hidden")(h)
         h = nn.with_logical_constraint(nn.swish(h), _HIDDEN_AXES)
-        h = nn.Dropout(self.hidden_dropout_rate)(h, deterministic=not train)
+        h = dropout.Dropout(self.hidden_dropout_rate)(h, deterministic=not train)
         h = dense(model_dim, ("mlp", "embed"), self.dtype, "output")(h)
-        return nn.Dropout(self.dropout_rate)(h, deterministic=not train)
+        return dropout.Dropout(self.dropout_rate)(h, deterministic=not train)
 
 
 class ConvolutionModule(nn.Module):
@@ -139,7 +139,7 @@ class ConvolutionModule(nn.Module):
         h = self._depthwise(h)
         h = nn.swish(layer_norm(self.dtype, "depthwise_norm", axis_name="mlp")(h))
         h = dense(model_dim, ("mlp", "embed"), self.dtype, "pointwise_out")(h)
-        return nn.Dropout(self.dropout_rate)(h, deterministic=not train)
+        return dropout.Dropout(self.dropout_rate)(h, deterministic=not train)
 
 
 class ConformerBlock(nn.Module):
@@ -186,7 +186,7 @@ class ConformerBlock(nn.Module):
             dtype=self.dtype,
             name="attention",
         )(h, paddings)
-        x = x + nn.Dropout(self.dropout_rate)(h, deterministic=not train)
+        x = x + dropout.Dropout(self.dropout_rate)(h, deterministic=not train)
         x = x + ConvolutionModule(
             self.conv_kernel_size, self.dropout_rate, self.dtype, name="conv"
         )(x, paddings, train=train)

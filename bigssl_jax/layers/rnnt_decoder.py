@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigssl_jax.layers import dropout
+
 # The LSTM carry: {'c': cell states, 'h': hidden states}, each f32[N, L, H].
 Carry = dict[str, jax.Array]
 
@@ -161,7 +163,7 @@ class PredictionNetwork(nn.Module):
         )
         input_dims = [config.embed_dim] + [config.lstm_dim] * (config.lstm_layers - 1)
         self.layers = [LstmLayer(dim, config.lstm_dim, config.compute_dtype) for dim in input_dims]
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = dropout.Dropout(config.dropout_rate)
 
     def __call__(self, labels: jax.Array, *, train: bool) -> jax.Array:
         """Outputs after the start symbol and every label prefix.

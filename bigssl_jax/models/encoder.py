@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigssl_jax.layers import conformer, frontend, subsampling
+from bigssl_jax.layers import conformer, dropout, frontend, subsampling
 
 _ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 REMAT_POLICIES = (
@@ -187,7 +187,7 @@ class ConformerEncoder(nn.Module):
         self.subsampling = subsampling.ConvSubsampling(
             config.subsampling_channels, config.model_dim, dtype
         )
-        self.input_dropout = nn.Dropout(config.input_dropout_rate)
+        self.input_dropout = dropout.Dropout(config.input_dropout_rate)
         self.stages = [ConformerStack(config, end - start) for start, end in config.stages]
         if config.stacking_layer is not None:
             self.stacking = subsampling.FrameStacking(config.model_dim, dtype)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigssl_jax.data import vocabulary as vocab_lib
-from bigssl_jax.layers import attention, conformer
+from bigssl_jax.layers import attention, conformer, dropout
 from bigssl_jax.models import base
 
 START_ID = vocab_lib.PAD_ID  # a history starts with the pad id (the vocabulary has no bos)
@@ -135,7 +135,7 @@ class DecoderBlock(nn.Module):
         self.mlp_out = projection("...f,fd->...d", mlp_out, ("mlp", "embed"), (0,), "mlp_out")
         self.attention_norm = conformer.layer_norm(dtype, "attention_norm")
         self.mlp_norm = conformer.layer_norm(dtype, "mlp_norm")
-        self.dropout = nn.Dropout(c.dropout_rate)
+        self.dropout = dropout.Dropout(c.dropout_rate)
 
     def _mlp(self, x: jax.Array, deterministic: bool) -> jax.Array:
         hidden = self.dropout(nn.gelu(self.mlp_in(self.mlp_norm(x))), deterministic=deterministic)
@@ -198,7 +198,7 @@ class TransformerLm(nn.Module):
         )
         self.blocks = [DecoderBlock(c, name=f"block_{i}") for i in range(c.num_layers)]
         self.final_norm = conformer.layer_norm(c.compute_dtype, "final_norm")
-        self.dropout = nn.Dropout(c.dropout_rate)
+        self.dropout = dropout.Dropout(c.dropout_rate)
         self.positions = jnp.asarray(sinusoidal_positions(c.max_length, c.model_dim))
 
     def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
