@@ -117,9 +117,7 @@ def test_pseudo_label_and_embed_another_corpus(run, data_dir, tmp_path):
     assert info["num_utterances"] == 6
 
 
-def test_a_student_starts_from_another_corpus_pre_training_by_gin_alone(
-    run, data_dir, tmp_path
-):
+def test_a_student_starts_from_another_corpus_pre_training_by_gin_alone(run, data_dir, tmp_path):
     """Pre-training on OTHER's unlabeled audio, then a noisy student on CORPUS's labels plus
     OTHER's pseudo-labels (from a teacher fine-tuned on CORPUS) that starts from it."""
     pretrained = tmp_path / "pretrained"
