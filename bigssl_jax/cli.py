@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from bigssl_jax import console, gin_utils
+from bigssl_jax import console, gin_utils, platform_defaults
 from bigssl_jax.commands import common_flags
 
 # name -> (module, one-line help)
@@ -113,6 +113,7 @@ def main(argv=None) -> None:
         print(f"bigssl: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
     console.prepare_environment()  # before any command imports JAX or TensorFlow
+    platform_defaults.set_xla_flags()  # XLA reads them when the first backend starts
     console.filter_native_stderr()
     module = importlib.import_module(COMMANDS[name][0])
     # absl's --help lists the key flags of the module named by sys.argv[0]: make those the

@@ -139,6 +139,19 @@ def parse(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> No
             ) from error
 
 
+def bound_fields(configurable: str, fields: Sequence[str]) -> set[str]:
+    """Which of `fields` the parsed gin binds for `configurable` (unscoped), e.g.
+    bound_fields('EncoderConfig', ('dtype', 'remat_policy')) -> {'dtype'}."""
+    bound = set()
+    for field in fields:
+        try:
+            gin.query_parameter(f"{configurable}.{field}")
+        except ValueError:
+            continue
+        bound.add(field)
+    return bound
+
+
 def write_config(model_dir: os.PathLike | str, name: str = "config.gin") -> epath.Path:
     """Writes every parsed binding (what the user asked for) to `model_dir/name`."""
     return _write(model_dir, name, gin.config_str())

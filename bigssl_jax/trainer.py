@@ -26,6 +26,7 @@ It is jitted once per batch shape with explicit state / batch shardings and the 
 (`partitioning.jit_train_step`). Metrics are `clu.metrics.Average`s over the steps since the last
 log; they go to TensorBoard (`clu.metric_writers`, under `train/` and `eval/`) and to one log
 line per `log_every`, with `clu.periodic_actions.ReportProgress` adding steps/s and the ETA.
+Without TensorFlow (which clu's writers import) they go to the log alone (`summaries`).
 """
 
 import dataclasses
@@ -40,10 +41,9 @@ import jax
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
 from clu import metrics as clu_metrics
 
-from bigssl_jax import checkpointing, optimizers, partitioning, paths
+from bigssl_jax import checkpointing, optimizers, partitioning, paths, summaries
 from bigssl_jax import train_state as train_state_lib
 from bigssl_jax import train_step as train_step_lib
 from bigssl_jax.models import base
@@ -332,9 +332,7 @@ def train(
         best_mode=config.best_mode,
         async_save=config.async_checkpointing,
     )
-    writer = metric_writers.create_default_writer(
-        os.fspath(model_dir), just_logging=jax.process_index() > 0
-    )
+    writer = summaries.create_writer(model_dir, just_logging=jax.process_index() > 0)
     run = _Run(
         model=model,
         config=config,
@@ -366,7 +364,7 @@ class _Run:
     train_iter: Any
     eval_iter_fn: Callable[[], Iterator[base.Batch]] | None
     checkpointer: checkpointing.Checkpointer
-    writer: Any
+    writer: summaries.Writer
     model_dir: os.PathLike = "."
     rng: jax.Array | None = None
     progress: _Progress = dataclasses.field(default_factory=_Progress)
@@ -471,9 +469,7 @@ class _Run:
         train_step = partitioning.jit_train_step(
             step_fn, self.shardings, partitioning.batch_sharding(self.mesh), self.mesh, self.rules
         )
-        report = periodic_actions.ReportProgress(
-            num_train_steps=config.num_steps, writer=self.writer, every_steps=config.log_every
-        )
+        report = summaries.progress_reporter(config.num_steps, self.writer, config.log_every)
         collection, eval_metrics = None, {}
         while step < config.num_steps:
             if batch is None and (batch := next(self.train_iter, None)) is None:

@@ -43,6 +43,8 @@ LAYERS = (
             "bigssl_jax.feature_converters",
             "bigssl_jax.batch_mixing",
             "bigssl_jax.inference",
+            "bigssl_jax.platform_defaults",
+            "bigssl_jax.summaries",
         ),
     ),
     ("seqio tasks", ("bigssl_tasks",)),

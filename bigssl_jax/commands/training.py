@@ -26,6 +26,23 @@ def gin_scoped(factory: Callable[..., Any]) -> Callable[..., Any]:
     return make_input
 
 
+def platform_model(model: Any) -> Any:
+    """`model` with the defaults of the platform JAX runs on (`bigssl_jax.platform_defaults`:
+    bf16, cuDNN attention and remat on a GPU; nothing on CPU and TPU) for each of those
+    encoder fields the gin leaves unbound; logs what it changes."""
+    import jax
+    from absl import logging
+
+    from bigssl_jax import gin_utils, platform_defaults
+
+    defaults = platform_defaults.for_platform(jax.default_backend())
+    explicit = gin_utils.bound_fields("EncoderConfig", platform_defaults.ENCODER_FIELDS)
+    platform_model = platform_defaults.apply_to_model(model, defaults, explicit)
+    if platform_model is not model:
+        logging.info("%s defaults: encoder %s", jax.default_backend(), platform_model.encoder)
+    return platform_model
+
+
 def run(
     prog: str,
     build_inputs: Callable[[Any], Any],
@@ -70,7 +87,7 @@ def run(
         return 1
     try:
         result = trainer.train(
-            model=inputs.model,
+            model=platform_model(inputs.model),
             optimizer=optimizer,
             config=trainer_config,
             mesh=mesh,

@@ -23,9 +23,8 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-import jiwer
 import numpy as np
 
 from bigssl_jax import paths
@@ -142,6 +141,9 @@ def score(
     reference_words = sum(len(t.split()) for t in references)
     if reference_words == 0:
         raise ValueError(f"no reference words in {len(references)} utterances: WER undefined")
+    import jiwer  # here, not at the top: models import this module, and a bare GPU image has
+    # JAX but not jiwer (docs/accelerators.md)
+
     words = jiwer.process_words(references, hypotheses)
     chars = jiwer.process_characters(references, hypotheses)
     utterances = []
@@ -179,8 +181,9 @@ def score(
     )
 
 
-def _edit_counts(alignment: Sequence[jiwer.AlignmentChunk]) -> tuple[int, int, int]:
-    """(substitutions, deletions, insertions) of one utterance's jiwer alignment."""
+def _edit_counts(alignment: Sequence[Any]) -> tuple[int, int, int]:
+    """(substitutions, deletions, insertions) of one utterance's jiwer alignment (a sequence
+    of `jiwer.AlignmentChunk`)."""
     subs = dels = ins = 0
     for chunk in alignment:
         ref_span = chunk.ref_end_idx - chunk.ref_start_idx

@@ -1,9 +1,14 @@
 """Multi-head self-attention with key padding masks and an optional relative position bias.
 
-Attention runs through `jax.nn.dot_product_attention`, JAX's entry point for fused attention,
-with key padding as a boolean mask. In JAX 0.10 its default implementation is XLA's (einsum,
-float32 logits and softmax even for bfloat16 inputs, einsum), which XLA fuses on TPU; the
-cuDNN flash kernel must be asked for explicitly and takes padding as key lengths, not a mask.
+Attention runs through `jax.nn.dot_product_attention`, JAX's entry point for fused attention.
+Its default implementation (`implementation=None` or 'xla') is XLA's (einsum, float32 logits
+and softmax even for bfloat16 inputs, einsum), which XLA fuses on TPU, with key padding as a
+boolean mask. 'cudnn' (the GPU default, `platform_defaults`) is cuDNN's flash kernel: it
+takes the relative position bias as its additive bias and returns the bias gradient, but
+padding only as key lengths, so `cudnn_attention` counts each row's valid frames (the speech
+convention pads at the end, so the valid frames come first) and, as the kernel's backward
+with a bias needs an even length, pads an odd T by one frame. It needs bfloat16 or float16
+inputs and Dh <= 128 (256 from Hopper on), a multiple of 8, and no sharding of T or Dh.
 
 Relative positions: the published Conformer L uses Transformer-XL relative positional encoding
 (sinusoids of the offset, projected per block by a D x D matrix, plus two learned [H, Dh]
@@ -47,6 +52,39 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
     large = max_exact + (scaled * (half - max_exact)).astype(np.int32)
     large = np.minimum(large, half - 1)
     return (buckets + np.where(distance < max_exact, distance, large)).astype(np.int32)
+
+
+def cudnn_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    bias: jax.Array | None,
+    paddings: jax.Array,
+    implementation: str = "cudnn",
+) -> jax.Array:
+    """Self-attention with padding as key lengths and T made even (module docstring).
+
+    Args:
+      query, key, value: [B, T, H, Dh].
+      bias: [1, H, T, T] or None; cast to the inputs' dtype.
+      paddings: [B, T] float, 1.0 at padded frames, which follow the valid ones.
+      implementation: 'cudnn'; 'xla' computes the same on any platform (tests).
+
+    Returns:
+      [B, T, H, Dh]; rows of padded queries are unspecified.
+    """
+    length = query.shape[1]
+    lengths = jnp.sum(paddings < 0.5, axis=1).astype(jnp.int32)
+    bias = None if bias is None else bias.astype(query.dtype)  # the kernel's one input dtype
+    if length % 2:
+        query, key, value = (
+            jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0))) for x in (query, key, value)
+        )
+        bias = None if bias is None else jnp.pad(bias, ((0, 0), (0, 0), (0, 1), (0, 1)))
+    encoded = jax.nn.dot_product_attention(
+        query, key, value, bias=bias, key_value_seq_lengths=lengths, implementation=implementation
+    )
+    return encoded[:, :length]
 
 
 class Projection(nn.Module):
@@ -109,6 +147,8 @@ class MultiHeadSelfAttention(nn.Module):
       num_buckets: relative position buckets (T5 default 32).
       max_distance: offset (in frames) from which relative positions share one bucket.
       dtype: compute dtype; parameters are float32.
+      implementation: of `jax.nn.dot_product_attention`: None or 'xla' (XLA's, a mask for
+        padding), 'cudnn' (cuDNN's flash kernel through `cudnn_attention`).
     """
 
     num_heads: int
@@ -117,6 +157,7 @@ class MultiHeadSelfAttention(nn.Module):
     num_buckets: int = 32
     max_distance: int = 128
     dtype: jnp.dtype = jnp.float32
+    implementation: str | None = None
 
     def _project(self, x: jax.Array, name: str) -> jax.Array:
         y = Projection(
@@ -158,9 +199,14 @@ class MultiHeadSelfAttention(nn.Module):
         query = self._project(x, "query")
         key = self._project(x, "key")
         value = self._project(x, "value")
-        mask = (paddings < 0.5)[:, None, None, :]
         bias = self._relative_bias(x.shape[1]) if self.relative_position else None
-        encoded = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
+        if self.implementation == "cudnn":
+            encoded = cudnn_attention(query, key, value, bias, paddings)
+        else:
+            mask = (paddings < 0.5)[:, None, None, :]
+            encoded = jax.nn.dot_product_attention(
+                query, key, value, bias=bias, mask=mask, implementation=self.implementation
+            )
         encoded = nn.with_logical_constraint(
             encoded, ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         )

@@ -156,6 +156,7 @@ class ConformerBlock(nn.Module):
       dropout_rate: dropout on every residual branch.
       ff_dropout_rate: dropout on the feed-forward hidden activations.
       dtype: compute dtype.
+      attention_implementation: of `jax.nn.dot_product_attention` (None: XLA's; 'cudnn').
     """
 
     num_heads: int
@@ -165,6 +166,7 @@ class ConformerBlock(nn.Module):
     dropout_rate: float = 0.0
     ff_dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    attention_implementation: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, paddings: jax.Array, train: bool) -> tuple[jax.Array, None]:
@@ -184,6 +186,7 @@ class ConformerBlock(nn.Module):
             model_dim // self.num_heads,
             relative_position=self.relative_position,
             dtype=self.dtype,
+            implementation=self.attention_implementation,
             name="attention",
         )(h, paddings)
         x = x + dropout.Dropout(self.dropout_rate)(h, deterministic=not train)

@@ -59,6 +59,9 @@ class EncoderConfig:
       split_layers: block indices where the stack is cut into stages whose outputs
         `ConformerEncoder.encode` returns (see the module docstring).
       dtype: compute dtype, 'float32' or 'bfloat16'; parameters are always float32.
+      attention_implementation: of `jax.nn.dot_product_attention`: None (XLA's, the default
+        on CPU and TPU) or 'cudnn' (cuDNN's flash kernel, bfloat16 only: the GPU default,
+        see `bigssl_jax.platform_defaults` and `layers.attention`).
       remat_policy: rematerialisation of each block in the backward pass: 'none' (store
         everything), 'full' (store only block inputs), or the name of a
         `jax.checkpoint_policies` policy ('dots_saveable', 'nothing_saveable', ...).
@@ -80,6 +83,7 @@ class EncoderConfig:
     stacking_layer: int | None = None
     split_layers: tuple[int, ...] = ()
     dtype: str = "float32"
+    attention_implementation: str | None = None
     remat_policy: str = "none"
     scan_layers: bool = True
 
@@ -95,6 +99,11 @@ class EncoderConfig:
             raise ValueError(f"remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype {self.dtype!r} is not 'float32' or 'bfloat16'")
+        if self.attention_implementation not in (None, "xla", "cudnn"):
+            raise ValueError(
+                f"attention_implementation {self.attention_implementation!r} is not None, "
+                "'xla' or 'cudnn'"
+            )
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -153,6 +162,7 @@ class ConformerStack(nn.Module):
             dropout_rate=config.dropout_rate,
             ff_dropout_rate=config.ff_dropout_rate,
             dtype=config.compute_dtype,
+            attention_implementation=config.attention_implementation,
         )
         if config.scan_layers:
             scanned = nn.scan(
