@@ -128,15 +128,15 @@ PRESETS = {
         side_by_side=True,
     ),
     # The claim at laptop scale (docs/claim.md): the `closed` corpus (1,000 words), 10% of
-    # its 2,000-utterance labeled pool; w2v-BERT pre-training on the unlabeled audio (1,500
-    # steps: 700 left the fine-tunings on the CTC blank plateau); supervised_10, ssl_10 (the
-    # teacher), nst_10 (one noisy student on pseudo-labels fused with a 5-gram LM of the
-    # text-only sentences) and supervised_100; every fine-tuning the same 2,000 steps and
-    # schedule, scored at its step with the best dev CER (WER saturates on the plateau);
-    # greedy and LM-fused scores.
+    # its 2,000-utterance labeled pool; character units (32 pieces: with 64, whole-word
+    # pieces of the text-only sentences kept every arm on the CTC blank plateau for 1,000+
+    # steps); w2v-BERT pre-training on the unlabeled audio (1,500 steps); supervised_10,
+    # ssl_10 (the teacher), nst_10 (one noisy student on pseudo-labels fused with a 6-gram LM
+    # of the text-only sentences) and supervised_100; every fine-tuning the same 1,000 steps
+    # and schedule, scored at its step with the best dev CER; greedy and LM-fused scores.
     "demo": PipelinePreset(
         corpus_preset="closed",
-        vocab_size=64,
+        vocab_size=32,
         pretrain_gin="experiments/pretrain_w2v_bert_small.gin",
         pretrain_bindings=(
             "TrainerConfig.num_steps = 1500",
@@ -144,15 +144,15 @@ PRESETS = {
             "TrainerConfig.checkpoint_every = 500",
         ),
         finetune_bindings=(
-            "TrainerConfig.num_steps = 2000",
-            "TrainerConfig.eval_every = 500",
-            "TrainerConfig.checkpoint_every = 500",
+            "TrainerConfig.num_steps = 1000",
+            "TrainerConfig.eval_every = 250",
+            "TrainerConfig.checkpoint_every = 250",
             "TrainerConfig.best_metric = 'cer'",
         ),
         mix_ratios=(1.0, 3.0),
         pseudo_label_flags=("--keep_top_fraction=0.8",),
         labeled_fraction=0.1,
-        ngram_order=5,
+        ngram_order=6,
         lm_weights=(0.3, 0.6, 1.0),
         side_by_side=True,
     ),
