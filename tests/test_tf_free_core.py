@@ -7,6 +7,7 @@ defaults and the FLOPs / AOT jobs, and trains a one-block BEST-RQ model for two 
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -17,11 +18,15 @@ WORKER = pathlib.Path(__file__).resolve().parent / "tf_free_worker.py"
 
 
 def test_the_core_trains_with_tensorflow_and_seqio_blocked(tmp_path):
+    # One CPU device: the suite's 8 fake devices (conftest's XLA_FLAGS) would not divide the
+    # worker's 2-utterance batches.
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
     run = subprocess.run(
         [sys.executable, str(WORKER), str(tmp_path / "run")],
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
