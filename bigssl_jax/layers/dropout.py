@@ -2,8 +2,9 @@
 
 Flax's `nn.Dropout` draws one threefry-2x32 output (20 rounds of add-rotate-xor on two words)
 per element. On TPU that is cheap; on CPU it was ~23% of the Conformer stack's train step
-(docs/peer_benchmark.md) and ~24% of the `small` CTC fine-tuning step. Here one threefry
-draw per call gives a 32-bit seed s, and element i of the flattened input keeps its value when
+(docs/peer_benchmark.md; `benchmarks/cpu_step.py` times the demo's step both ways). Here one
+threefry draw per call gives a 32-bit seed s, and element i of the flattened input keeps its
+value when
 
     h(i + s mod 2^32) >= rate * 2^32,   h = lowbias32 (two multiply-xorshift rounds),
 
