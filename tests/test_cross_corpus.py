@@ -87,8 +87,10 @@ def test_evaluate_names_the_real_cause(run, data_dir, tmp_path):
     assert "gin error" in typo.stderr and "beam_sise" in typo.stderr.strip().splitlines()[-1]
 
 
-def test_pseudo_label_and_embed_another_corpus(run, data_dir, tmp_path):
-    labels = tmp_path / "labels"
+@pytest.fixture(scope="module")
+def labels(run, data_dir, tmp_path_factory):
+    """OTHER's unlabeled split pseudo-labeled by `run` (fine-tuned on CORPUS)."""
+    labels = tmp_path_factory.mktemp("labels")
     done = _bigssl(
         "pseudo-label",
         f"--checkpoint={run}",
@@ -99,6 +101,10 @@ def test_pseudo_label_and_embed_another_corpus(run, data_dir, tmp_path):
         "--batch_size=4",
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return labels
+
+
+def test_pseudo_label_and_embed_another_corpus(run, labels, data_dir, tmp_path):
     manifest = json.loads((labels / "manifest.json").read_text())
     assert manifest["num_labeled"] == 5 and manifest["num_examples"] <= 5
     embedded = tmp_path / "embedded"
@@ -117,7 +123,7 @@ def test_pseudo_label_and_embed_another_corpus(run, data_dir, tmp_path):
     assert info["num_utterances"] == 6
 
 
-def test_a_student_starts_from_another_corpus_pre_training_by_gin_alone(run, data_dir, tmp_path):
+def test_a_student_starts_from_another_corpus_pre_training_by_gin_alone(labels, data_dir, tmp_path):
     """Pre-training on OTHER's unlabeled audio, then a noisy student on CORPUS's labels plus
     OTHER's pseudo-labels (from a teacher fine-tuned on CORPUS) that starts from it."""
     pretrained = tmp_path / "pretrained"
@@ -130,17 +136,6 @@ def test_a_student_starts_from_another_corpus_pre_training_by_gin_alone(run, dat
         "--gin_bindings=train/InputConfig.batch_size = 4",
         f"--model_dir={pretrained}",
         f"--data_dir={data_dir}",
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    labels = tmp_path / "labels"
-    done = _bigssl(
-        "pseudo-label",
-        f"--checkpoint={run}",
-        f"--data_dir={data_dir}",
-        f"--corpus={OTHER}",
-        "--split=unlabeled",
-        f"--output_dir={labels}",
-        "--batch_size=4",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     student = tmp_path / "student"
