@@ -165,12 +165,13 @@ class StackedProjection(nn.Module):
     """w2v-BERT 2.0's feature projection: stride-2 stacking of features, LayerNorm, projection.
 
       s[t] = [x[2t] * m[2t]; x[2t+1] * m[2t+1]]          [B, T, F] -> [B, ceil(T/2), 2F]
-      y[t] = (LayerNorm(s[t]) W + b) * m'[t]              [B, ceil(T/2), D],  m'[t] = m[2t]
-    An odd T is right-padded by one padded frame. As in `SeamlessM4TFeatureExtractor` (which
-    pads the frames to an even count with zeros and keeps every other mask entry), an output
-    frame is valid when its first input frame is: its second half is zeros at an utterance's
-    odd last frame. The front end of the w2v-BERT 2.0 encoder (`EncoderConfig.input_layer =
-    'stack'`): 20 ms per output frame of 10 ms features.
+      y[t] = (LayerNorm(s[t]) W + b) * m'[t]              [B, ceil(T/2), D],  m'[t] = m[2t+1]
+    (m = 1 - paddings). An odd T is right-padded by one padded frame. As in
+    `SeamlessM4TFeatureExtractor` (which pads the frames to an even count and keeps the mask
+    entries of odd frames), an output frame is valid when both its input frames are: an
+    utterance with an odd number of frames loses its last one. The front end of the w2v-BERT
+    2.0 encoder (`EncoderConfig.input_layer = 'stack'`): 20 ms per output frame of 10 ms
+    features.
 
     Attributes:
       model_dim: D.
@@ -215,6 +216,6 @@ class StackedProjection(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
             name="projection",
         )(x)
-        paddings = subsample_paddings(paddings, 2)
+        paddings = paddings[:, 1::2]
         x = x * (1.0 - paddings)[..., None].astype(self.dtype)
         return x, paddings

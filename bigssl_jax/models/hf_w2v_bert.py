@@ -247,7 +247,8 @@ def convert_params(
         for name in tensors
         if not name.startswith(("feature_projection.", *used)) and name not in _IGNORED
     )
-    _require(not unused, f"unexpected tensors, e.g. {unused[0]} ({len(unused)} in all)")
+    if unused:
+        raise HfImportError(f"unexpected tensors, e.g. {unused[0]} ({len(unused)} in all)")
     _check_shapes(leaves, config)
     params = jax.tree.map(lambda leaf: leaf.array, leaves)
     return encoder_lib.restage_params(params, config)
