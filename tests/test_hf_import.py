@@ -24,6 +24,7 @@ ATOL = 1e-4  # float32, the issue's bound
 # Features: our float32 FFT against numpy's float64 one; low-energy mel bands differ most.
 FEATURE_ATOL = 2e-4
 LENGTHS = (16000, 9920, 7337)  # samples: a padded batch, odd and even frame counts
+HF_COUNT = 580_493_120  # Wav2Vec2BertModel(Wav2Vec2BertConfig()), masked_spec_embed included
 
 
 def _tiny_config(**overrides) -> "transformers.Wav2Vec2BertConfig":
@@ -218,3 +219,25 @@ def test_shape_mismatch_names_the_tensor(hf_dir, tmp_path):
     message = _error(source, tmp_path)
     assert f"shape mismatch: {name} gives (9, 8)" in message
     assert "params/stages_0/layers_1/attention/distance_embedding" in message
+
+
+def test_w2v_bert_2_gin_is_the_published_shape_within_1_percent_of_transformers():
+    """gin/models/w2v_bert_2.gin against the default `Wav2Vec2BertConfig` (the published
+    shape): it is the encoder the import derives from that config, and `bigssl params` counts
+    within 1% of HF's `Wav2Vec2BertModel` (HF_COUNT: measured with transformers 5.23.0 on the
+    meta device; building it in the test costs minutes of CPU)."""
+    import gin
+
+    from bigssl_jax import configurables, gin_utils
+    from bigssl_jax.commands import params as params_command
+
+    gin.clear_config()
+    try:
+        gin_utils.parse(["models/w2v_bert_2.gin"])
+        ours, log_mel = configurables.EncoderConfig(), configurables.LogMelConfig()
+    finally:
+        gin.clear_config()
+    assert hf_w2v_bert.encoder_config(transformers.Wav2Vec2BertConfig().to_dict()) == ours
+    assert hf_w2v_bert.log_mel_config(None) == log_mel
+    counted = params_command.count_parameters(ours)["total"]
+    assert abs(counted - HF_COUNT) / HF_COUNT < 0.01, counted
