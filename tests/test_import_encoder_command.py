@@ -33,7 +33,9 @@ def test_imported_encoder_fine_tunes_with_ctc_and_evaluates(data_dir, tmp_path):
     source = tmp_path / "hf"
     _save_tiny_model(source, _tiny_config(num_hidden_layers=2))
     run = tmp_path / "w2v_bert_tiny"
-    done = _bigssl("import-encoder", "--format=hf", f"--source={source}", f"--model_dir={run}")
+    done = _bigssl(
+        "import-encoder", "--format=hf", f"--source={source}", f"--model_dir={run}", timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run / "encoder.gin").exists() and (run / "checkpoints" / "0").is_dir()
 
@@ -47,6 +49,7 @@ def test_imported_encoder_fine_tunes_with_ctc_and_evaluates(data_dir, tmp_path):
         "--gin_bindings=TrainerConfig.eval_every = 2",
         f"--model_dir={ctc}",
         f"--data_dir={data_dir}",
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ctc_loss" in done.stdout
@@ -58,6 +61,7 @@ def test_imported_encoder_fine_tunes_with_ctc_and_evaluates(data_dir, tmp_path):
         f"--data_dir={data_dir}",
         "--splits=dev",
         f"--output_dir={tmp_path / 'evaluate'}",
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "evaluate" / "results.json").read_text())
