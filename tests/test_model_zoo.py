@@ -40,6 +40,12 @@ MODELS = {
              use_relative_position=False, ff_mult=4, stacking_layer=42),
     ),
     "G": (8e9, dict(model_dim=3072, num_layers=36, num_heads=16, ff_mult=4)),
+    "w2v_bert_2": (
+        0.58e9,
+        dict(model_dim=1024, num_layers=24, num_heads=16, conv_kernel_size=31, ff_mult=4,
+             use_relative_position=True, relative_position_kind="shaw_key",
+             causal_conv=True, input_layer="stack", layer_norm_epsilon=1e-5),
+    ),
 }  # fmt: skip
 
 

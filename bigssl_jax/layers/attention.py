@@ -1,4 +1,4 @@
-"""Multi-head self-attention with key padding masks and an optional relative position bias.
+"""Multi-head self-attention with key padding masks and an optional relative position term.
 
 Attention runs through `jax.nn.dot_product_attention`, JAX's entry point for fused attention.
 Its default implementation (`implementation=None` or 'xla') is XLA's (einsum, float32 logits
@@ -18,6 +18,13 @@ logarithmic ones up to `max_distance`), added to the logits. It keeps attention 
 `dot_product_attention` call (the bias is one of its inputs, as for the fused kernels), costs
 num_buckets x H parameters per block instead of D^2 + 2D (so L stays at the published 0.1B),
 and is invariant to the amount of padding.
+
+w2v-BERT 2.0 (the `Wav2Vec2BertModel` checkpoints, imported by `bigssl import-encoder`) uses
+Shaw et al.'s relative *keys* instead ('shaw_key'): a learned [R, Dh] table E of R =
+max_left + max_right + 1 offset embeddings, shared by the heads, whose dot product with the
+query is added to the logits for the offset clipped to [-max_left, max_right]. It enters the
+same call as a [B, H, T, T] bias, computed as q E^T ([B, H, T, R]) gathered at each pair's
+clipped offset (never a [T, T, Dh] tensor).
 """
 
 import flax.linen as nn
@@ -87,6 +94,17 @@ def cudnn_attention(
     return encoded[:, :length]
 
 
+def clipped_offsets(length: int, max_left: int, max_right: int) -> np.ndarray:
+    """Shaw-style offset ids: clip(j - i, -max_left, max_right) + max_left, int32 [T, T].
+
+    Query i and key j with key j more than `max_left` frames before i share id 0, more than
+    `max_right` frames after it id max_left + max_right.
+    """
+    positions = np.arange(length)
+    relative = np.clip(positions[None, :] - positions[:, None], -max_left, max_right)
+    return (relative + max_left).astype(np.int32)
+
+
 class Projection(nn.Module):
     """A linear map written as an einsum: y = einsum(equation, x, W) + b.
 
@@ -130,22 +148,32 @@ class Projection(nn.Module):
         return y + bias.astype(self.dtype)
 
 
+RELATIVE_POSITION_KINDS = ("t5", "shaw_key")
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention over valid frames.
 
     With q = x Wq + bq, k = x Wk + bk, v = x Wv + bv split into H heads of width Dh:
-      logits[b, h, i, j] = q[b, i, h] . k[b, j, h] / sqrt(Dh) + bias[h, bucket(j - i)]
+      logits[b, h, i, j] = q[b, i, h] . k[b, j, h] / sqrt(Dh) + rel[b, h, i, j]
       a[b, i, h] = sum_j softmax_j(logits[b, h, i, j] masked to valid keys j) v[b, j, h]
       out = concat_h(a) Wo + bo
-    The bias term is present only when `relative_position` is set. Padded keys get no weight;
-    padded queries produce values that callers ignore.
+    The relative term is present only when `relative_position` is set:
+      't5':       rel[b, h, i, j] = bias[bucket(j - i), h]                   (learned [32, H])
+      'shaw_key': rel[b, h, i, j] = q[b, i, h] . E[c(j - i)] / sqrt(Dh)       (learned [R, Dh])
+    with c(r) = clip(r, -max_left, max_right) + max_left (`clipped_offsets`). Padded keys get
+    no weight; padded queries produce values that callers ignore.
 
     Attributes:
       num_heads: H.
       head_dim: Dh (the model width D = H * Dh).
-      relative_position: adds the learned relative position bias.
+      relative_position: adds the relative position term.
+      relative_position_kind: 't5' (bucketed bias) or 'shaw_key' (w2v-BERT 2.0's keys).
       num_buckets: relative position buckets (T5 default 32).
       max_distance: offset (in frames) from which relative positions share one bucket.
+      max_left: 'shaw_key': keys further left than this share one embedding (64 in w2v-BERT
+        2.0).
+      max_right: 'shaw_key': keys further right than this share one embedding (8).
       dtype: compute dtype; parameters are float32.
       implementation: of `jax.nn.dot_product_attention`: None or 'xla' (XLA's, a mask for
         padding), 'cudnn' (cuDNN's flash kernel through `cudnn_attention`).
@@ -154,8 +182,11 @@ class MultiHeadSelfAttention(nn.Module):
     num_heads: int
     head_dim: int
     relative_position: bool = False
+    relative_position_kind: str = "t5"
     num_buckets: int = 32
     max_distance: int = 128
+    max_left: int = 64
+    max_right: int = 8
     dtype: jnp.dtype = jnp.float32
     implementation: str | None = None
 
@@ -185,6 +216,26 @@ class MultiHeadSelfAttention(nn.Module):
         buckets = relative_position_buckets(length, self.num_buckets, self.max_distance)
         return jnp.transpose(table[buckets], (2, 0, 1))[None]
 
+    def _relative_key_bias(self, query: jax.Array) -> jax.Array:
+        """The [B, H, T, T] float32 'shaw_key' term q . E[c(j - i)] / sqrt(Dh), q [B, T, H, Dh]."""
+        table = self.param(
+            "distance_embedding",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("relative_distance", "kv")),
+            (self.max_left + self.max_right + 1, self.head_dim),
+            jnp.float32,
+        )
+        scores = jnp.einsum("bihk,rk->bhir", query, table.astype(self.dtype))
+        offsets = clipped_offsets(query.shape[1], self.max_left, self.max_right)
+        rows = np.arange(query.shape[1])[:, None]
+        return scores[:, :, rows, offsets].astype(jnp.float32) / np.sqrt(self.head_dim)
+
+    def _relative_term(self, query: jax.Array) -> jax.Array | None:
+        if not self.relative_position:
+            return None
+        if self.relative_position_kind == "shaw_key":
+            return self._relative_key_bias(query)
+        return self._relative_bias(query.shape[1])
+
     @nn.compact
     def __call__(self, x: jax.Array, paddings: jax.Array) -> jax.Array:
         """Attends from every frame to the valid frames of its utterance.
@@ -199,7 +250,7 @@ class MultiHeadSelfAttention(nn.Module):
         query = self._project(x, "query")
         key = self._project(x, "key")
         value = self._project(x, "value")
-        bias = self._relative_bias(x.shape[1]) if self.relative_position else None
+        bias = self._relative_term(query)
         if self.implementation == "cudnn":
             encoded = cudnn_attention(query, key, value, bias, paddings)
         else:

@@ -23,10 +23,12 @@ _ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 _HIDDEN_AXES = ("activation_batch", "activation_length", "activation_mlp")
 
 
-def layer_norm(dtype: jnp.dtype, name: str, axis_name: str = "embed") -> nn.LayerNorm:
+def layer_norm(
+    dtype: jnp.dtype, name: str, axis_name: str = "embed", epsilon: float = 1e-6
+) -> nn.LayerNorm:
     """LayerNorm with float32 statistics, output in `dtype`, scale and bias named (axis_name,)."""
     return nn.LayerNorm(
-        epsilon=1e-6,
+        epsilon=epsilon,
         dtype=dtype,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis_name,)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axis_name,)),
@@ -55,18 +57,20 @@ class FeedForward(nn.Module):
       dropout_rate: dropout on the output (residual branch).
       hidden_dropout_rate: dropout on the hidden activations.
       dtype: compute dtype.
+      epsilon: the LayerNorm epsilon.
     """
 
     hidden_dim: int
     dropout_rate: float = 0.0
     hidden_dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    epsilon: float = 1e-6
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Args: x [B, T, D]; train enables dropout. Returns: [B, T, D]."""
         model_dim = x.shape[-1]
-        h = layer_norm(self.dtype, "norm")(x)
+        h = layer_norm(self.dtype, "norm", epsilon=self.epsilon)(x)
         h = dense(self.hidden_dim, ("embed", "mlp"), self.dtype, "hidden")(h)
         h = nn.with_logical_constraint(nn.swish(h), _HIDDEN_AXES)
         h = dropout.Dropout(self.hidden_dropout_rate)(h, deterministic=not train)
@@ -91,17 +95,25 @@ class ConvolutionModule(nn.Module):
     The normalisation after the depthwise convolution is a LayerNorm, not the paper's BatchNorm:
     it is per frame, so it needs no running statistics (no mutable state, no cross-device
     synchronisation, no train/eval mismatch) and padded frames cannot affect it. The
-    convolution is centred: (K - 1) // 2 frames of left context and K // 2 of right context.
+    convolution is centred, (K - 1) // 2 frames of left context and K // 2 of right context,
+    or, `causal` (w2v-BERT 2.0's), K - 1 frames of left context and none of right:
+      centred: h'[t] = sum_k h[t + k - (K - 1) // 2] w[k]
+      causal:  h'[t] = sum_k h[t + k - K + 1] w[k]
+    w2v-BERT 2.0's convolutions have no biases; imported, ba, bg, b and b2 are zeros.
 
     Attributes:
       kernel_size: K, the depthwise kernel width in frames.
       dropout_rate: dropout on the output (residual branch).
       dtype: compute dtype.
+      causal: left context only.
+      epsilon: the LayerNorm epsilon.
     """
 
     kernel_size: int
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    causal: bool = False
+    epsilon: float = 1e-6
 
     def _depthwise(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
@@ -121,7 +133,8 @@ class ConvolutionModule(nn.Module):
         # grouped `conv_general_dilated`: XLA fuses them into one elementwise loop, where its
         # CPU backend runs grouped convolutions (and their gradients) an order of magnitude
         # slower (benchmarks/peer_benchmark.py; docs/peer_benchmark.md).
-        length, left = x.shape[1], (self.kernel_size - 1) // 2
+        length = x.shape[1]
+        left = self.kernel_size - 1 if self.causal else (self.kernel_size - 1) // 2
         padded = jnp.pad(x, ((0, 0), (left, self.kernel_size - 1 - left), (0, 0)))
         kernel = kernel.astype(self.dtype)
         y = sum(padded[:, k : k + length, :] * kernel[k] for k in range(self.kernel_size))
@@ -131,13 +144,14 @@ class ConvolutionModule(nn.Module):
     def __call__(self, x: jax.Array, paddings: jax.Array, *, train: bool) -> jax.Array:
         """Args: x [B, T, D]; paddings [B, T]; train enables dropout. Returns: [B, T, D]."""
         model_dim = x.shape[-1]
-        n = layer_norm(self.dtype, "norm")(x)
+        n = layer_norm(self.dtype, "norm", epsilon=self.epsilon)(x)
         value = dense(model_dim, ("embed", "mlp"), self.dtype, "glu_value")(n)
         gate = dense(model_dim, ("embed", "mlp"), self.dtype, "glu_gate")(n)
         h = value * nn.sigmoid(gate) * (1.0 - paddings)[..., None].astype(self.dtype)
         h = nn.with_logical_constraint(h, _HIDDEN_AXES)
         h = self._depthwise(h)
-        h = nn.swish(layer_norm(self.dtype, "depthwise_norm", axis_name="mlp")(h))
+        norm = layer_norm(self.dtype, "depthwise_norm", axis_name="mlp", epsilon=self.epsilon)
+        h = nn.swish(norm(h))
         h = dense(model_dim, ("mlp", "embed"), self.dtype, "pointwise_out")(h)
         return dropout.Dropout(self.dropout_rate)(h, deterministic=not train)
 
@@ -152,9 +166,14 @@ class ConformerBlock(nn.Module):
       num_heads: attention heads H (D must be divisible by H).
       ff_dim: feed-forward hidden width.
       conv_kernel_size: depthwise convolution width K.
-      relative_position: adds the learned relative position bias to attention.
+      relative_position: adds the relative position term to attention.
+      relative_position_kind: its kind ('t5' or 'shaw_key', `attention.MultiHeadSelfAttention`).
+      max_left: 'shaw_key' left clipping distance.
+      max_right: 'shaw_key' right clipping distance.
+      causal_conv: the depthwise convolution sees only past frames (`ConvolutionModule`).
       dropout_rate: dropout on every residual branch.
       ff_dropout_rate: dropout on the feed-forward hidden activations.
+      epsilon: the epsilon of every LayerNorm.
       dtype: compute dtype.
       attention_implementation: of `jax.nn.dot_product_attention` (None: XLA's; 'cudnn').
     """
@@ -163,8 +182,13 @@ class ConformerBlock(nn.Module):
     ff_dim: int
     conv_kernel_size: int
     relative_position: bool = False
+    relative_position_kind: str = "t5"
+    max_left: int = 64
+    max_right: int = 8
+    causal_conv: bool = False
     dropout_rate: float = 0.0
     ff_dropout_rate: float = 0.0
+    epsilon: float = 1e-6
     dtype: jnp.dtype = jnp.float32
     attention_implementation: str | None = None
 
@@ -176,23 +200,36 @@ class ConformerBlock(nn.Module):
 
         def ffn(name: str) -> FeedForward:
             return FeedForward(
-                self.ff_dim, self.dropout_rate, self.ff_dropout_rate, self.dtype, name=name
+                self.ff_dim,
+                self.dropout_rate,
+                self.ff_dropout_rate,
+                self.dtype,
+                self.epsilon,
+                name=name,
             )
 
         x = x + 0.5 * ffn("ffn_in")(x, train=train)
-        h = layer_norm(self.dtype, "attention_norm")(x)
+        h = layer_norm(self.dtype, "attention_norm", epsilon=self.epsilon)(x)
         h = attention.MultiHeadSelfAttention(
             self.num_heads,
             model_dim // self.num_heads,
             relative_position=self.relative_position,
+            relative_position_kind=self.relative_position_kind,
+            max_left=self.max_left,
+            max_right=self.max_right,
             dtype=self.dtype,
             implementation=self.attention_implementation,
             name="attention",
         )(h, paddings)
         x = x + dropout.Dropout(self.dropout_rate)(h, deterministic=not train)
         x = x + ConvolutionModule(
-            self.conv_kernel_size, self.dropout_rate, self.dtype, name="conv"
+            self.conv_kernel_size,
+            self.dropout_rate,
+            self.dtype,
+            self.causal_conv,
+            self.epsilon,
+            name="conv",
         )(x, paddings, train=train)
         x = x + 0.5 * ffn("ffn_out")(x, train=train)
-        x = layer_norm(self.dtype, "final_norm")(x)
+        x = layer_norm(self.dtype, "final_norm", epsilon=self.epsilon)(x)
         return nn.with_logical_constraint(x, _ACTIVATION_AXES), None

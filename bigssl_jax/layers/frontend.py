@@ -7,6 +7,9 @@ thin parameter-free Flax wrappers:
   Follows the `tf.signal` / lingvo conventions (frames without centring, periodic Hann window,
   zero-padded FFT, HTK mel scale with triangles linear in mel, DC bin excluded), so it matches
   `tf.signal.stft` + `tf.signal.linear_to_mel_weight_matrix` to float32 rounding.
+* `kaldi_fbank(audio, paddings, config)`: the same shapes, Kaldi's `compute-fbank-feats`
+  conventions instead (`LogMelConfig.style = 'kaldi'`): w2v-BERT 2.0's front end, matching
+  `transformers`' `SeamlessM4TFeatureExtractor` (tested).
 * `spec_augment(features, paddings, rng, config)`: frequency and time masking on valid frames,
   each utterance with its own masks.
 
@@ -33,6 +36,9 @@ class LogMelConfig:
     """Log-mel filterbank settings.
 
     Attributes:
+      style: 'tf' (`log_mel`: tf.signal / lingvo conventions, magnitude spectrum) or 'kaldi'
+        (`kaldi_fbank`: Kaldi's fbank, power spectrum; w2v-BERT 2.0 binds lower_edge_hz = 20,
+        upper_edge_hz = 8000, log_floor = 2^-23 with it).
       sample_rate: input sample rate in Hz (the prepared corpora are 16 kHz).
       num_mel_bins: F, the number of mel bands (80 in BigSSL / Conformer).
       frame_length_ms: analysis window length; 25 ms = 400 samples at 16 kHz.
@@ -47,11 +53,13 @@ class LogMelConfig:
       log_floor: magnitudes are clamped to this floor before the log (log(1e-5) ~ -11.5 is the
         value of silence for audio scaled to [-1, 1]).
       normalize: `LogMelFrontend` standardises every utterance's features per mel band over
-        its valid frames (see `LogMelFrontend`), so recording level drops out and the
+        its valid frames (see `LogMelFrontend`; the 'kaldi' style the way
+        `SeamlessM4TFeatureExtractor` does), so recording level drops out and the
         SpecAugment / padding value 0.0 is the utterance mean rather than a loud bin; False
         feeds the raw log-mel (the `log_mel` function itself never normalises).
     """
 
+    style: str = "tf"
     sample_rate: int = 16000
     num_mel_bins: int = 80
     frame_length_ms: float = 25.0
@@ -64,6 +72,8 @@ class LogMelConfig:
     normalize: bool = True
 
     def __post_init__(self):
+        if self.style not in ("tf", "kaldi"):
+            raise ValueError(f"style {self.style!r} is not 'tf' or 'kaldi'")
         if self.fft_size < self.frame_length:
             raise ValueError(
                 f"fft_size {self.fft_size} is shorter than the frame ({self.frame_length} samples)"
@@ -196,6 +206,98 @@ def log_mel(
     return features, feature_paddings
 
 
+# ------------------------------------------------------------------------------------------------
+# Kaldi-compatible fbank (w2v-BERT 2.0)
+# ------------------------------------------------------------------------------------------------
+
+# Kaldi reads 16-bit samples: a waveform in [-1, 1] is scaled to their range first.
+KALDI_SCALE = 2.0**15
+# SeamlessM4TFeatureExtractor's normalisation: (x - mean) / sqrt(unbiased variance + this).
+KALDI_NORMALIZE_EPSILON = 1e-7
+
+
+@functools.lru_cache(maxsize=16)
+def kaldi_mel_matrix(config: LogMelConfig) -> np.ndarray:
+    """Kaldi's [K, F] mel filterbank for K = fft_size // 2 + 1 bins (`MelBanks`).
+
+    With the F + 2 edges e evenly spaced in mel (1127 ln(1 + f / 700)) from `lower_edge_hz`
+    to `upper_edge_hz` and m_k the mel value of bin k's frequency k * sample_rate / fft_size:
+      W[k, f] = max(0, min((m_k - e[f]) / (e[f+1] - e[f]), (e[f+2] - m_k) / (e[f+2] - e[f+1])))
+    for k < fft_size / 2; the Nyquist bin gets weight 0 (Kaldi's banks stop before it).
+    """
+    num_bins = config.fft_size // 2
+    bin_mel = _hz_to_mel(np.arange(num_bins) * config.sample_rate / config.fft_size)[:, None]
+    edges = np.linspace(
+        _hz_to_mel(np.float64(config.lower_edge_hz)),
+        _hz_to_mel(np.float64(config.upper_edge_hz)),
+        config.num_mel_bins + 2,
+    )
+    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bin_mel - lower) / (center - lower)
+    falling = (upper - bin_mel) / (upper - center)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    return np.concatenate([weights, np.zeros((1, config.num_mel_bins))]).astype(np.float32)
+
+
+def kaldi_fbank(
+    audio: jax.Array, paddings: jax.Array, config: LogMelConfig
+) -> tuple[jax.Array, jax.Array]:
+    """Kaldi-compatible log-mel filterbank features of a padded batch of waveforms.
+
+    Kaldi's `compute-fbank-feats` defaults (no dither, snip_edges) per frame of L samples of
+    y = 2^15 x, with a = preemphasis, w the Povey window and W `kaldi_mel_matrix`:
+      u[i]      = y[t H + i] - mean_{i'<L} y[t H + i']               (DC offset removed)
+      p[i]      = u[i] - a u[max(i - 1, 0)]                            (per-frame pre-emphasis)
+      w[i]      = (1/2 - 1/2 cos(2 pi i / (L - 1)))^0.85                (Povey window)
+      E[t, k]   = |sum_{i<L} w[i] p[i] exp(-2 pi j i k / fft_size)|^2   (power, not magnitude)
+      out[t, f] = log(max(sum_k E[t, k] W[k, f], log_floor))
+    Frames, their paddings (a frame is padded when any of its samples is) and the padding
+    invariance are `log_mel`'s.
+
+    Args:
+      audio: [B, S] float32 waveform, nominally in [-1, 1].
+      paddings: [B, S] float32, 1.0 at padded samples.
+      config: the front-end settings (style 'kaldi').
+
+    Returns:
+      features: [B, T, F] float32, 0 at padded frames; feature_paddings: [B, T] float32.
+    """
+    length, step = config.frame_length, config.frame_step
+    count = num_frames(audio.shape[-1], config)
+    if count == 0:
+        raise ValueError(f"{audio.shape[-1]} samples are fewer than one frame ({length})")
+    frames = _frame(audio.astype(jnp.float32) * KALDI_SCALE, length, step, count)  # [B, T, L]
+    frames = frames - jnp.mean(frames, axis=-1, keepdims=True)
+    previous = jnp.concatenate([frames[..., :1], frames[..., :-1]], axis=-1)
+    frames = frames - config.preemphasis * previous
+    ramp = jnp.arange(length, dtype=jnp.float32) / (length - 1)
+    window = jnp.power(0.5 - 0.5 * jnp.cos(2.0 * jnp.pi * ramp), 0.85)
+    power = jnp.square(jnp.abs(jnp.fft.rfft(frames * window, n=config.fft_size)))
+    mel = jnp.einsum(
+        "btk,kf->btf",
+        power,
+        jnp.asarray(kaldi_mel_matrix(config)),
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    features = jnp.log(jnp.maximum(mel, config.log_floor))
+    feature_paddings = jnp.max(_frame(paddings.astype(jnp.float32), length, step, count), axis=-1)
+    return features * (1.0 - feature_paddings)[..., None], feature_paddings
+
+
+def kaldi_normalize(features: jax.Array, paddings: jax.Array) -> jax.Array:
+    """`SeamlessM4TFeatureExtractor`'s per-utterance normalisation over the V valid frames:
+
+      out[t, f] = (x[t, f] - mean_t x[:, f]) / sqrt(sum_t (x[t, f] - mean)^2 / (V - 1) + 1e-7)
+    per mel band f (unbiased variance), 0 at padded frames. [B, T, F] -> [B, T, F].
+    """
+    valid = (1.0 - paddings)[..., None]
+    count = jnp.sum(valid, axis=1, keepdims=True)
+    mean = jnp.sum(features * valid, axis=1, keepdims=True) / jnp.maximum(count, 1.0)
+    centred = (features - mean) * valid
+    var = jnp.sum(jnp.square(centred), axis=1, keepdims=True) / jnp.maximum(count - 1.0, 1.0)
+    return centred * jax.lax.rsqrt(var + KALDI_NORMALIZE_EPSILON)
+
+
 # Added to each band's variance by the front end's normalisation: a band that barely varies
 # (std well under 0.1 nats, e.g. digital silence at the log floor) stays near 0 instead of
 # having its rounding noise blown up to unit variance.
@@ -203,17 +305,24 @@ NORMALIZE_EPSILON = 1e-2
 
 
 class LogMelFrontend(nn.Module):
-    """Parameter-free front end: `log_mel`, then (config.normalize) per-utterance normalisation.
+    """Parameter-free front end: `log_mel` (or `kaldi_fbank` for style 'kaldi'), then
+    (config.normalize) per-utterance normalisation.
 
     ([B, S] audio, [B, S] paddings) -> ([B, T, F] features, [B, T] paddings). Normalisation
     is `quantizers.normalize_over_time` (each band standardised over the utterance's valid
-    frames, epsilon `NORMALIZE_EPSILON`), with padded frames kept at 0 as `log_mel` leaves them.
+    frames, epsilon `NORMALIZE_EPSILON`), or `kaldi_normalize` for style 'kaldi', with padded
+    frames kept at 0 as `log_mel` leaves them.
     """
 
     config: LogMelConfig
 
     @nn.compact
     def __call__(self, audio: jax.Array, paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self.config.style == "kaldi":
+            features, feature_paddings = kaldi_fbank(audio, paddings, self.config)
+            if self.config.normalize:
+                features = kaldi_normalize(features, feature_paddings)
+            return features, feature_paddings
         features, feature_paddings = log_mel(audio, paddings, self.config)
         if self.config.normalize:
             valid = (1.0 - feature_paddings)[..., None]

@@ -1,4 +1,5 @@
-"""Time reduction layers: the 2-D convolution front end and frame stacking.
+"""Time reduction layers: the 2-D convolution front end, frame stacking, and w2v-BERT 2.0's
+stacked feature projection.
 
 Both keep paddings consistent with their outputs: an output frame is padded exactly when the
 input frame at its stride position (2t) is padded, so right-padded batches stay right-padded.
@@ -156,5 +157,65 @@ class FrameStacking(nn.Module):
             name="projection",
         )(x)
         paddings = subsample_paddings(paddings, 2)
+        x = x * (1.0 - paddings)[..., None].astype(self.dtype)
+        return x, paddings
+
+
+class StackedProjection(nn.Module):
+    """w2v-BERT 2.0's feature projection: stride-2 stacking of features, LayerNorm, projection.
+
+      s[t] = [x[2t] * m[2t]; x[2t+1] * m[2t+1]]          [B, T, F] -> [B, ceil(T/2), 2F]
+      y[t] = (LayerNorm(s[t]) W + b) * m'[t]              [B, ceil(T/2), D],  m'[t] = m[2t+1]
+    (m = 1 - paddings). An odd T is right-padded by one padded frame. As in
+    `SeamlessM4TFeatureExtractor` (which pads the frames to an even count and keeps the mask
+    entries of odd frames), an output frame is valid when both its input frames are: an
+    utterance with an odd number of frames loses its last one. The front end of the w2v-BERT
+    2.0 encoder (`EncoderConfig.input_layer = 'stack'`): 20 ms per output frame of 10 ms
+    features.
+
+    Attributes:
+      model_dim: D.
+      epsilon: the LayerNorm epsilon.
+      dtype: compute dtype; parameters are float32.
+    """
+
+    model_dim: int
+    epsilon: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array, paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Stacks pairs of frames and projects them.
+
+        Args:
+          features: [B, T, F] features.
+          paddings: [B, T] float, 1.0 at padded frames.
+
+        Returns:
+          ([B, ceil(T/2), D] outputs with padded frames zeroed, [B, ceil(T/2)] paddings).
+        """
+        batch, time, dim = features.shape
+        if time % 2:
+            features = jnp.pad(features, ((0, 0), (0, 1), (0, 0)))
+            paddings = jnp.pad(paddings, ((0, 0), (0, 1)), constant_values=1.0)
+        x = features.astype(jnp.float32) * (1.0 - paddings)[..., None]
+        x = x.reshape(batch, x.shape[1] // 2, 2 * dim)
+        x = nn.LayerNorm(
+            epsilon=self.epsilon,
+            dtype=self.dtype,
+            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("mel",)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mel",)),
+            name="norm",
+        )(x)
+        x = nn.Dense(
+            self.model_dim,
+            dtype=self.dtype,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), ("mel", "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+            name="projection",
+        )(x)
+        paddings = paddings[:, 1::2]
         x = x * (1.0 - paddings)[..., None].astype(self.dtype)
         return x, paddings

@@ -85,15 +85,7 @@ def block_params(config: encoder_lib.EncoderConfig, encoder_params: Params) -> l
 
 def _block(config: encoder_lib.EncoderConfig) -> conformer.ConformerBlock:
     """The block `encoder.ConformerStack` builds, with the same hyperparameters."""
-    return conformer.ConformerBlock(
-        num_heads=config.num_heads,
-        ff_dim=config.ff_mult * config.model_dim,
-        conv_kernel_size=config.conv_kernel_size,
-        relative_position=config.use_relative_position,
-        dropout_rate=config.dropout_rate,
-        ff_dropout_rate=config.ff_dropout_rate,
-        dtype=config.compute_dtype,
-    )
+    return conformer.ConformerBlock(**encoder_lib.block_kwargs(config))
 
 
 def layer_outputs(

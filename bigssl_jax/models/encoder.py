@@ -13,6 +13,15 @@ Cut points change the parameter tree (one subtree `stages_{i}` per stage), not t
 `restage_params` regroups a checkpoint's blocks for other cut points (and for the other
 `scan_layers` setting), which is how a w2v-BERT encoder initialises a CTC model's.
 
+Variants (opt-in `EncoderConfig` fields; the defaults are BigSSL's Conformer): the w2v-BERT
+2.0 encoder of `Wav2Vec2BertModel` (gin/models/w2v_bert_2.gin, `bigssl import-encoder`) is
+  input_layer='stack'                   stride-2 stacking + LayerNorm + projection (T' = T/2)
+  relative_position_kind='shaw_key'     clipped relative keys (max_left / max_right)
+  causal_conv=True                      depthwise convolution over past frames only
+  layer_norm_epsilon=1e-5
+with formulas in `subsampling.StackedProjection`, `attention.MultiHeadSelfAttention` and
+`conformer.ConvolutionModule`.
+
 Speech convention (praxis): paddings are float32 with 1.0 = padded, 0.0 = valid.
 """
 
@@ -25,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigssl_jax.layers import conformer, dropout, frontend, subsampling
+from bigssl_jax.layers import attention, conformer, dropout, frontend, subsampling
 
 _ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 REMAT_POLICIES = (
@@ -35,6 +44,7 @@ REMAT_POLICIES = (
     "nothing_saveable",
     "dots_with_no_batch_dims_saveable",
 )
+INPUT_LAYERS = ("conv", "stack")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,9 +58,18 @@ class EncoderConfig:
       num_heads: H, attention heads (D must be divisible by H).
       ff_mult: the feed-forward hidden width is ff_mult * D.
       conv_kernel_size: K, the depthwise convolution width in frames (after subsampling).
-      use_relative_position: adds a learned relative position bias to attention (see
+      use_relative_position: adds a learned relative position term to attention (see
         `bigssl_jax.layers.attention`); without it the encoder has no position information
         besides what the convolutions provide, as in BigSSL's XL and larger.
+      relative_position_kind: 't5' (a bucketed per-head bias) or 'shaw_key' (w2v-BERT 2.0's
+        clipped relative keys).
+      max_left_distance: 'shaw_key': keys further left share one embedding.
+      max_right_distance: 'shaw_key': keys further right share one embedding.
+      causal_conv: the depthwise convolution sees K - 1 past frames and no future ones
+        (w2v-BERT 2.0) instead of being centred.
+      layer_norm_epsilon: the epsilon of every LayerNorm of the encoder.
+      input_layer: 'conv' (`subsampling.ConvSubsampling`, T/4, `subsampling_channels`) or
+        'stack' (`subsampling.StackedProjection`, T/2: w2v-BERT 2.0's feature projection).
       dropout_rate: dropout on every residual branch.
       ff_dropout_rate: dropout on the feed-forward hidden activations.
       input_dropout_rate: dropout on the subsampling output.
@@ -80,6 +99,12 @@ class EncoderConfig:
     ff_dropout_rate: float = 0.1
     input_dropout_rate: float = 0.1
     subsampling_channels: int = 128
+    relative_position_kind: str = "t5"
+    max_left_distance: int = 64
+    max_right_distance: int = 8
+    causal_conv: bool = False
+    layer_norm_epsilon: float = 1e-6
+    input_layer: str = "conv"
     stacking_layer: int | None = None
     split_layers: tuple[int, ...] = ()
     dtype: str = "float32"
@@ -104,6 +129,13 @@ class EncoderConfig:
                 f"attention_implementation {self.attention_implementation!r} is not None, "
                 "'xla' or 'cudnn'"
             )
+        if self.input_layer not in INPUT_LAYERS:
+            raise ValueError(f"input_layer {self.input_layer!r} is not one of {INPUT_LAYERS}")
+        kinds = attention.RELATIVE_POSITION_KINDS
+        if self.relative_position_kind not in kinds:
+            raise ValueError(
+                f"relative_position_kind {self.relative_position_kind!r} is not one of {kinds}"
+            )
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -117,6 +149,25 @@ class EncoderConfig:
             cuts.add(self.stacking_layer)
         bounds = [0, *sorted(cuts), self.num_layers]
         return tuple(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def block_kwargs(config: EncoderConfig) -> dict[str, Any]:
+    """The `conformer.ConformerBlock` hyperparameters of `config`."""
+    return dict(
+        num_heads=config.num_heads,
+        ff_dim=config.ff_mult * config.model_dim,
+        conv_kernel_size=config.conv_kernel_size,
+        relative_position=config.use_relative_position,
+        relative_position_kind=config.relative_position_kind,
+        max_left=config.max_left_distance,
+        max_right=config.max_right_distance,
+        causal_conv=config.causal_conv,
+        dropout_rate=config.dropout_rate,
+        ff_dropout_rate=config.ff_dropout_rate,
+        epsilon=config.layer_norm_epsilon,
+        dtype=config.compute_dtype,
+        attention_implementation=config.attention_implementation,
+    )
 
 
 def _block_class(config: EncoderConfig) -> type[nn.Module]:
@@ -154,16 +205,7 @@ class ConformerStack(nn.Module):
         """Args: x [B, T, D]; paddings [B, T]; train enables dropout. Returns: [B, T, D]."""
         config = self.config
         block = _block_class(config)
-        kwargs = dict(
-            num_heads=config.num_heads,
-            ff_dim=config.ff_mult * config.model_dim,
-            conv_kernel_size=config.conv_kernel_size,
-            relative_position=config.use_relative_position,
-            dropout_rate=config.dropout_rate,
-            ff_dropout_rate=config.ff_dropout_rate,
-            dtype=config.compute_dtype,
-            attention_implementation=config.attention_implementation,
-        )
+        kwargs = block_kwargs(config)
         if config.scan_layers:
             scanned = nn.scan(
                 block,
@@ -183,7 +225,8 @@ class ConformerStack(nn.Module):
 class ConformerEncoder(nn.Module):
     """Conformer encoder over log-mel features: [B, T, F] -> [B, T', D].
 
-    T' = ceil(ceil(T / 2) / 2), halved again (rounding up) by the stacking layer if any.
+    T' = ceil(ceil(T / 2) / 2) (input_layer 'conv') or ceil(T / 2) ('stack'), halved again
+    (rounding up) by the stacking layer if any.
 
     Attributes:
       config: the encoder hyperparameters.
@@ -194,9 +237,14 @@ class ConformerEncoder(nn.Module):
     def setup(self):
         config = self.config
         dtype = config.compute_dtype
-        self.subsampling = subsampling.ConvSubsampling(
-            config.subsampling_channels, config.model_dim, dtype
-        )
+        if config.input_layer == "stack":
+            self.subsampling = subsampling.StackedProjection(
+                config.model_dim, config.layer_norm_epsilon, dtype
+            )
+        else:
+            self.subsampling = subsampling.ConvSubsampling(
+                config.subsampling_channels, config.model_dim, dtype
+            )
         self.input_dropout = dropout.Dropout(config.input_dropout_rate)
         self.stages = [ConformerStack(config, end - start) for start, end in config.stages]
         if config.stacking_layer is not None:
@@ -205,7 +253,7 @@ class ConformerEncoder(nn.Module):
     def embed(
         self, features: jax.Array, paddings: jax.Array, *, train: bool
     ) -> tuple[jax.Array, jax.Array]:
-        """The feature encoder: subsampling, projection, dropout.
+        """The feature encoder: subsampling (or stacking), projection, dropout.
 
         Args:
           features: [B, T, F] log-mel features.
@@ -213,7 +261,8 @@ class ConformerEncoder(nn.Module):
           train: enables dropout.
 
         Returns:
-          ([B, T/4, D] embeddings in the compute dtype, [B, T/4] paddings).
+          ([B, T/4, D] embeddings in the compute dtype, [B, T/4] paddings); T/2 with the
+          'stack' input layer.
         """
         x, paddings = self.subsampling(features, paddings)
         x = nn.with_logical_constraint(x, _ACTIVATION_AXES)
