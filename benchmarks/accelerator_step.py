@@ -78,7 +78,9 @@ ENCODER_FLAGS = {"dtype": "dtype", "attention": "attention_implementation", "rem
 
 def read_encoder_gin(path: pathlib.Path) -> dict:
     """{field: value} of the `EncoderConfig.<field> = <literal>` lines of a model gin and of
-    the gins it includes (later bindings win, as in gin)."""
+    the gins it includes (later bindings win, as in gin). Other configurables' bindings (the
+    front end's, e.g. `LogMelConfig.style`) are skipped: the benchmark's front end is the
+    default one, of the same feature shape."""
     fields = {}
     for number, raw in enumerate(path.read_text().splitlines(), 1):
         line = raw.split("#")[0].strip()
@@ -86,8 +88,10 @@ def read_encoder_gin(path: pathlib.Path) -> dict:
             fields.update(read_encoder_gin(GIN_DIR / include.group(1)))
         elif binding := re.fullmatch(r"EncoderConfig\.(\w+)\s*=\s*(.+)", line):
             fields[binding.group(1)] = ast.literal_eval(binding.group(2))
+        elif re.fullmatch(r"\w+\.\w+\s*=\s*.+", line):
+            continue
         elif line:
-            raise ValueError(f"{path}:{number}: not an EncoderConfig binding: {line}")
+            raise ValueError(f"{path}:{number}: neither a binding nor an include: {line}")
     return fields
 
 

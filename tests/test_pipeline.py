@@ -138,12 +138,12 @@ def test_side_by_side_stages_run_at_once_with_one_xla_thread_each(tmp_path, monk
     both_started = threading.Barrier(2, timeout=30)
     seen = []
 
-    def fake_run(argv, stdout, stderr, env, check):
+    def fake_run(argv, *, log, env, name):
         seen.append(env["XLA_FLAGS"])
         both_started.wait()  # deadlocks (and times out) unless the two run at once
-        return subprocess.CompletedProcess(argv, 0)
+        return 0
 
-    monkeypatch.setattr(pipeline.subprocess, "run", fake_run)
+    monkeypatch.setattr(pipeline.stage_processes, "run", fake_run)
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     runner = pipeline.Runner(
         pipeline.PRESETS["smoke"], "c", tmp_path, tmp_path, single_threaded=True
