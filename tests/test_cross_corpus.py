@@ -125,7 +125,8 @@ def test_pseudo_label_and_embed_another_corpus(run, labels, data_dir, tmp_path):
 
 def test_a_student_starts_from_another_corpus_pre_training_by_gin_alone(labels, data_dir, tmp_path):
     """Pre-training on OTHER's unlabeled audio, then a noisy student on CORPUS's labels plus
-    OTHER's pseudo-labels (from a teacher fine-tuned on CORPUS) that starts from it."""
+    OTHER's pseudo-labels (from a teacher fine-tuned on CORPUS) that starts from it (scoring
+    a run on OTHER is the tests above)."""
     pretrained = tmp_path / "pretrained"
     done = _bigssl(
         "train",
@@ -151,11 +152,4 @@ def test_a_student_starts_from_another_corpus_pre_training_by_gin_alone(labels, 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"init from {pretrained}" in done.stderr
-    evaluated = _bigssl(
-        "evaluate", f"--checkpoint={student}", f"--data_dir={data_dir}", f"--corpus={OTHER}",
-        f"--output_dir={tmp_path / 'scores'}",
-    )  # fmt: skip
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert set(json.loads((tmp_path / "scores" / "results.json").read_text())["results"]) == {
-        "test"
-    }
+    assert (student / "checkpoints" / "1").is_dir()
