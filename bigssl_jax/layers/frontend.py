@@ -127,17 +127,23 @@ def mel_weight_matrix(config: LogMelConfig) -> np.ndarray:
       float32 numpy array [K, F].
     """
     num_bins = config.fft_size // 2 + 1
-    bin_mel = _hz_to_mel(np.linspace(0.0, config.sample_rate / 2, num_bins))[1:, None]
+    bin_mel = _hz_to_mel(np.linspace(0.0, config.sample_rate / 2, num_bins))[1:]
+    weights = _mel_triangles(bin_mel, config)
+    return np.concatenate([np.zeros((1, config.num_mel_bins)), weights]).astype(np.float32)
+
+
+def _mel_triangles(bin_mel: np.ndarray, config: LogMelConfig) -> np.ndarray:
+    """[K', F] triangular weights of bins at mel values `bin_mel` [K'], the F + 2 edges evenly
+    spaced in mel from `lower_edge_hz` to `upper_edge_hz` (shared by both filterbanks)."""
     edges = np.linspace(
         _hz_to_mel(np.float64(config.lower_edge_hz)),
         _hz_to_mel(np.float64(config.upper_edge_hz)),
         config.num_mel_bins + 2,
     )
     lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
-    rising = (bin_mel - lower) / (center - lower)
-    falling = (upper - bin_mel) / (upper - center)
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    return np.concatenate([np.zeros((1, config.num_mel_bins)), weights]).astype(np.float32)
+    rising = (bin_mel[:, None] - lower) / (center - lower)
+    falling = (upper - bin_mel[:, None]) / (upper - center)
+    return np.maximum(0.0, np.minimum(rising, falling))
 
 
 def _frame(x: jax.Array, length: int, step: int, count: int) -> jax.Array:
@@ -226,16 +232,8 @@ def kaldi_mel_matrix(config: LogMelConfig) -> np.ndarray:
     for k < fft_size / 2; the Nyquist bin gets weight 0 (Kaldi's banks stop before it).
     """
     num_bins = config.fft_size // 2
-    bin_mel = _hz_to_mel(np.arange(num_bins) * config.sample_rate / config.fft_size)[:, None]
-    edges = np.linspace(
-        _hz_to_mel(np.float64(config.lower_edge_hz)),
-        _hz_to_mel(np.float64(config.upper_edge_hz)),
-        config.num_mel_bins + 2,
-    )
-    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
-    rising = (bin_mel - lower) / (center - lower)
-    falling = (upper - bin_mel) / (upper - center)
-    weights = np.maximum(0.0, np.minimum(rising, falling))
+    bin_mel = _hz_to_mel(np.arange(num_bins) * config.sample_rate / config.fft_size)
+    weights = _mel_triangles(bin_mel, config)
     return np.concatenate([weights, np.zeros((1, config.num_mel_bins))]).astype(np.float32)
 
 

@@ -113,6 +113,24 @@ class ConvSubsampling(nn.Module):
         return _conv_output_size(_conv_output_size(num_frames))
 
 
+def stack_frame_pairs(x: jax.Array, paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Padded frames zeroed and pairs of frames concatenated; an odd T first gets one padded
+    frame on the right.
+
+    Args:
+      x: [B, T, D]; paddings: [B, T] float, 1.0 at padded frames.
+
+    Returns:
+      ([B, ceil(T/2), 2D] in x's dtype, the [B, 2 ceil(T/2)] paddings of the padded input).
+    """
+    batch, time, dim = x.shape
+    if time % 2:
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 0)))
+        paddings = jnp.pad(paddings, ((0, 0), (0, 1)), constant_values=1.0)
+    x = x * (1.0 - paddings)[..., None].astype(x.dtype)
+    return x.reshape(batch, x.shape[1] // 2, 2 * dim), paddings
+
+
 class FrameStacking(nn.Module):
     """Halves the frame rate: concatenates frames 2t and 2t+1, then projects back to D.
 
@@ -138,12 +156,7 @@ class FrameStacking(nn.Module):
         Returns:
           ([B, ceil(T/2), D] outputs with padded frames zeroed, [B, ceil(T/2)] paddings).
         """
-        batch, time, dim = x.shape
-        if time % 2:
-            x = jnp.pad(x, ((0, 0), (0, 1), (0, 0)))
-            paddings = jnp.pad(paddings, ((0, 0), (0, 1)), constant_values=1.0)
-        x = x * (1.0 - paddings)[..., None].astype(x.dtype)
-        x = x.reshape(batch, x.shape[1] // 2, 2 * dim)
+        x, paddings = stack_frame_pairs(x, paddings)
         x = nn.with_logical_constraint(
             x, ("activation_batch", "activation_length", "activation_mlp")
         )
@@ -194,12 +207,7 @@ class StackedProjection(nn.Module):
         Returns:
           ([B, ceil(T/2), D] outputs with padded frames zeroed, [B, ceil(T/2)] paddings).
         """
-        batch, time, dim = features.shape
-        if time % 2:
-            features = jnp.pad(features, ((0, 0), (0, 1), (0, 0)))
-            paddings = jnp.pad(paddings, ((0, 0), (0, 1)), constant_values=1.0)
-        x = features.astype(jnp.float32) * (1.0 - paddings)[..., None]
-        x = x.reshape(batch, x.shape[1] // 2, 2 * dim)
+        x, paddings = stack_frame_pairs(features.astype(jnp.float32), paddings)
         x = nn.LayerNorm(
             epsilon=self.epsilon,
             dtype=self.dtype,
