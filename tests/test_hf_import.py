@@ -10,15 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from bigssl_jax import checkpointing, partitioning
 from bigssl_jax.jobs import import_encoder
 from bigssl_jax.layers import frontend
 from bigssl_jax.models import encoder as encoder_lib
 from bigssl_jax.models import hf_w2v_bert
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 ATOL = 1e-4  # float32, the bound
 # Features: our float32 FFT against numpy's float64 one; low-energy mel bands differ most.

@@ -9,8 +9,6 @@ from test_hf_import import _save_tiny_model, _tiny_config
 
 from bigssl_tasks import toy_corpus, vocab
 
-pytest.importorskip("transformers")
-
 CORPUS = "embedded_tiny"
 
 
